@@ -1,0 +1,153 @@
+"""Patch codecs for gridded data: 1D spectra / time series, 2D images, 3D volumes.
+
+One architecture, three dimensionalities. With ``N`` spatial axes (``size``) and patch ``p``:
+
+    x: (b, c, *size) --ChannelNorm--> --ConvNd(k=p, s=p)--> (b, hidden, *size/p)
+      --residual ConvNd(k=3) blocks--> --1x1--> z: (b, n = prod(size/p), latent_dim)
+    z_q --1x1--> residual blocks --ConvTransposeNd(k=p, s=p)--> x_hat: (b, c, *size)
+
+Each token is one patch, with context from its neighbours through the 3x3(x3) blocks.
+"""
+
+import math
+from typing import ClassVar
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from mmtok.codec import ChannelNorm, Codec, CodecConfig
+from mmtok.errors import ModalityError
+from mmtok.modality import Modality
+from mmtok.quantize import build_quantizer
+
+__all__ = ["PatchCodecConfig", "PatchCodec", "SpectrumCodec", "TimeSeriesCodec", "ImageCodec",
+           "VolumeCodec"]
+
+_CONV = {1: (nn.Conv1d, nn.ConvTranspose1d), 2: (nn.Conv2d, nn.ConvTranspose2d),
+         3: (nn.Conv3d, nn.ConvTranspose3d)}
+
+
+class PatchCodecConfig(CodecConfig):
+    channels: int = Field(ge=1, description="number of input channels / bands")
+    size: list[int] = Field(min_length=1, max_length=3, description="spatial size, e.g. [64, 64]")
+    patch: list[int] = Field(min_length=1, max_length=3, description="patch size per axis")
+    hidden: int = Field(64, ge=1)
+    latent_dim: int = Field(8, ge=1)
+    blocks: int = Field(2, ge=0, description="residual conv blocks on each side")
+    norm: str = Field("standard", pattern="^(standard|arcsinh|none)$")
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        if len(self.size) != len(self.patch):
+            raise ValueError(f"size {self.size} and patch {self.patch} must have the same length")
+        for s, p in zip(self.size, self.patch):
+            if p < 1 or s % p:
+                raise ValueError(f"size {self.size} must be divisible by patch {self.patch}")
+        return self
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, conv: type[nn.Module], dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.GroupNorm(1, dim), nn.GELU(), conv(dim, dim, 3, padding=1),
+                                 nn.GELU(), conv(dim, dim, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+class PatchEncoder(nn.Module):
+    """(b, c, *size) -> (b, n, latent_dim)."""
+
+    def __init__(self, cfg: PatchCodecConfig):
+        super().__init__()
+        conv, _ = _CONV[len(cfg.size)]
+        self.net = nn.Sequential(conv(cfg.channels, cfg.hidden, cfg.patch, stride=cfg.patch),
+                                 *[_ResBlock(conv, cfg.hidden) for _ in range(cfg.blocks)],
+                                 nn.GELU(), conv(cfg.hidden, cfg.latent_dim, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(2).transpose(1, 2)
+
+
+class PatchDecoder(nn.Module):
+    """(b, n, latent_dim) -> (b, c, *size)."""
+
+    def __init__(self, cfg: PatchCodecConfig):
+        super().__init__()
+        conv, deconv = _CONV[len(cfg.size)]
+        self.grid = [s // p for s, p in zip(cfg.size, cfg.patch)]
+        self.net = nn.Sequential(conv(cfg.latent_dim, cfg.hidden, 1),
+                                 *[_ResBlock(conv, cfg.hidden) for _ in range(cfg.blocks)],
+                                 nn.GELU(), deconv(cfg.hidden, cfg.channels, cfg.patch, stride=cfg.patch))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z.transpose(1, 2).reshape(z.shape[0], z.shape[2], *self.grid))
+
+
+class PatchCodec(Codec):
+    """Generic patch codec; subclasses fix the number of spatial axes (``ndim``)."""
+
+    config_class = PatchCodecConfig
+    family: ClassVar[str] = "patch"
+    ndim: ClassVar[int]
+
+    def __init__(self, config, modality: type[Modality] | None = None, name: str | None = None):
+        super().__init__(config, modality, name)
+        cfg: PatchCodecConfig = self.config
+        if len(cfg.size) != self.ndim:
+            raise ModalityError(f"{type(self).__name__}: expects {self.ndim} spatial axes, config "
+                                f"size is {cfg.size}")
+        self.norm = ChannelNorm(cfg.channels, cfg.norm)
+        self.encoder = PatchEncoder(cfg)
+        self.quantizer = build_quantizer(cfg.quantizer, cfg.latent_dim)
+        self.decoder = PatchDecoder(cfg)
+
+    @property
+    def token_grid(self) -> tuple[int, ...]:
+        return tuple(s // p for s, p in zip(self.config.size, self.config.patch))
+
+    def preprocess(self, m: Modality) -> Tensor:
+        x = getattr(m, self.field)
+        want = (self.config.channels, *self.config.size)
+        if tuple(x.shape[1:]) != want:
+            raise ModalityError(
+                f"{self.name}: {type(m).__name__}.{self.field} must have per-sample shape {want} "
+                f"(channels, *size) for this codec, found {tuple(x.shape[1:])}; resample or crop first"
+            )
+        return self.norm(x.float())
+
+    def postprocess(self, x_hat: Tensor, **fields) -> Modality:
+        return super().postprocess(self.norm.inverse(x_hat.float()), **fields)
+
+    @torch.no_grad()
+    def fit_statistics(self, m: Modality) -> None:
+        self.norm.fit(getattr(m, self.field).float())
+
+    def extra_repr(self) -> str:
+        return f"grid={self.token_grid}, tokens={math.prod(self.grid)}, vocab={self.vocab_size}"
+
+
+class SpectrumCodec(PatchCodec):
+    """1D spectra: (b, c, wavelengths) in patches of ``patch`` channels."""
+    family = "spectrum-patch"
+    ndim = 1
+
+
+class TimeSeriesCodec(PatchCodec):
+    """Regularly sampled time series: (b, c, t) in windows of ``patch`` steps."""
+    family = "timeseries-patch"
+    ndim = 1
+
+
+class ImageCodec(PatchCodec):
+    """Multi-band 2D images: (b, c, h, w) in a grid of ``patch`` pixels."""
+    family = "image-patch"
+    ndim = 2
+
+
+class VolumeCodec(PatchCodec):
+    """3D volumes: (b, c, d, h, w) in a grid of ``patch`` voxels."""
+    family = "volume-patch"
+    ndim = 3

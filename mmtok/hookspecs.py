@@ -1,0 +1,123 @@
+"""The plugin contract. A plugin is a module (or object) with ``@hookimpl`` functions,
+exposed through the ``mmtok`` entry-point group::
+
+    # pyproject.toml of mmtok-plugin-ct
+    [project.entry-points.mmtok]
+    ct = "mmtok_plugin_ct.plugin"
+
+    # mmtok_plugin_ct/plugin.py
+    from mmtok import hookimpl, CodecSpec
+    @hookimpl
+    def mmtok_modalities():
+        return [CTVolume]
+    @hookimpl
+    def mmtok_codecs():
+        return [CodecSpec("ct-volume-fsq", modality="ct_volume", codec=VolumeCodec,
+                          defaults={"channels": 1, "size": [64, 128, 128], "patch": [4, 16, 16]})]
+
+Every hook is optional and returns a list. Names are global: a name that an earlier plugin
+already provides (mmtok's own generic pieces come first) is rejected and reported for the later
+plugin by ``mmtok plugins``. mmtok registers its own generic pieces through these same hooks
+(`mmtok.builtin`).
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+
+__all__ = ["hookspec", "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec",
+           "PretrainedSpec", "MmtokSpec", "PROJECT"]
+
+PROJECT = "mmtok"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecSpec:
+    """A named, configured codec: ``codec`` is a `Codec` family class, ``defaults`` its default
+    config (``modality`` is filled in). ``build(config)`` merges a user config over the defaults."""
+
+    name: str
+    modality: str
+    codec: type  # a subclass of mmtok.Codec
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+    def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {**self.defaults, **(overrides or {}), "modality": self.modality}
+
+    def build(self, overrides: Mapping[str, Any] | None = None, modality: type | None = None):
+        return self.codec(self.config(overrides), modality=modality, name=self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderSpec:
+    """Reads one file kind. ``read(path) -> {field: array}`` (numpy arrays or lists)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path], dict[str, np.ndarray]]
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """A model head: ``factory(**config) -> nn.Module`` with ``loss()`` and ``metrics()``."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleSpec:
+    """A named set of token streams plus the heads trained on them."""
+
+    name: str
+    streams: tuple[str, ...]
+    heads: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedSpec:
+    """A pretrained codec shipped inside a package: ``path`` is a directory holding
+    ``config.json`` + ``model.safetensors``. Named ``"<plugin>/<name>"``, e.g.
+    ``"tabular/diabetes-labs-fsq"``; registry.yaml refers to it as ``checkpoint:``."""
+
+    name: str
+    path: Path
+    description: str = ""
+
+
+class MmtokSpec:
+    """Hook specifications. Each returns a list of what the plugin provides."""
+
+    @hookspec
+    def mmtok_modalities(self) -> list[type]:
+        """Modality classes (subclasses of `mmtok.Modality`)."""
+
+    @hookspec
+    def mmtok_codecs(self) -> list[CodecSpec]:
+        """Named codecs."""
+
+    @hookspec
+    def mmtok_readers(self) -> list[ReaderSpec]:
+        """File readers: file kinds -> modality fields."""
+
+    @hookspec
+    def mmtok_heads(self) -> list[HeadSpec]:
+        """Model heads (bundle objectives)."""
+
+    @hookspec
+    def mmtok_bundles(self) -> list[BundleSpec]:
+        """Bundles of streams and heads."""
+
+    @hookspec
+    def mmtok_pretrained(self) -> list[PretrainedSpec]:
+        """Pretrained codecs shipped as package data."""

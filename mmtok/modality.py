@@ -1,0 +1,277 @@
+"""`Modality`: a typed, shape-checked batch of one kind of data.
+
+A modality is a frozen dataclass whose tensor fields carry jaxtyping annotations. Every tensor
+field is batched along its first axis, which must be named ``b``::
+
+    @dataclass(frozen=True)
+    class CTVolume(Modality):
+        name: ClassVar[str] = "ct_volume"
+        hu: Float[Tensor, "b 1 d h w"]
+        spacing_mm: Float[Tensor, "b 3"]
+
+Construction checks every field with beartype (shapes shared across fields, e.g. ``b``, must
+agree) and that float tensors are finite; a bad field raises `ModalityError` naming the class,
+the field, the expected annotation and the shape / dtype found.
+
+Note: modules that define modalities must not use ``from __future__ import annotations``; the
+annotations would become strings and this module refuses them rather than silently skipping checks.
+"""
+
+import dataclasses
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from beartype import beartype
+from jaxtyping import TypeCheckError, jaxtyped
+from torch import Tensor
+
+from mmtok.errors import ModalityError
+
+__all__ = ["Modality", "ModalityError", "describe"]
+
+
+def describe(value: Any) -> str:
+    """Short human description of a value: dtype and shape for arrays, the type otherwise."""
+    if isinstance(value, Tensor):
+        return f"{str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return f"numpy {value.dtype} array of shape {value.shape} (expected a torch.Tensor)"
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def _tensor_hint(hint: Any) -> Any:
+    """The jaxtyping array type inside ``hint`` (also inside ``X | None``), or None."""
+    if hasattr(hint, "dim_str") and hasattr(hint, "dtypes"):
+        return hint
+    for arg in typing.get_args(hint):
+        if hasattr(arg, "dim_str") and hasattr(arg, "dtypes"):
+            return arg
+    return None
+
+
+def _is_tensor_hint(hint: Any) -> bool:
+    return _tensor_hint(hint) is not None
+
+
+class Modality:
+    """Base class of every modality. Subclasses are ``@dataclass(frozen=True)``.
+
+    Class metadata:
+        name: unique modality name, e.g. ``"patient_demographics"``.
+        token_key: default token key of its stream (``"tok_" + name`` unless set).
+    """
+
+    name: ClassVar[str]
+    token_key: ClassVar[str]
+
+    # Filled per subclass on first construction.
+    _checker: ClassVar[Any] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return  # an abstract intermediate class (e.g. a family base); checked when named
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", cls.name):
+            raise ModalityError(f"{cls.__qualname__}.name must be snake_case, found {cls.name!r}")
+        if "token_key" not in cls.__dict__:
+            cls.token_key = f"tok_{cls.name}"
+        for field, hint in cls.__dict__.get("__annotations__", {}).items():
+            if isinstance(hint, str):
+                raise ModalityError(
+                    f"{cls.__qualname__}.{field}: annotation is the string {hint!r}; remove "
+                    "`from __future__ import annotations` from the module that defines it, "
+                    "otherwise shapes cannot be checked"
+                )
+            if _is_tensor_hint(hint):
+                hint = _tensor_hint(hint)
+                dims = hint.dim_str.split()
+                if not dims or dims[0] != "b":
+                    raise ModalityError(
+                        f"{cls.__qualname__}.{field}: tensor fields are batched, their first axis "
+                        f"must be named 'b'; found {hint.dim_str!r}"
+                    )
+        cls._checker = None
+
+    # ----------------------------------------------------------------- validation
+    @classmethod
+    def _fields(cls) -> tuple[dataclasses.Field, ...]:
+        if not dataclasses.is_dataclass(cls):
+            raise ModalityError(f"{cls.__qualname__} must be decorated with @dataclass(frozen=True)")
+        return tuple(f for f in dataclasses.fields(cls) if f.init)
+
+    @classmethod
+    def tensor_fields(cls) -> tuple[str, ...]:
+        """Names of the batched tensor fields, in declaration order."""
+        hints = typing.get_type_hints(cls, include_extras=True)
+        return tuple(f.name for f in cls._fields() if _is_tensor_hint(hints.get(f.name)))
+
+    @classmethod
+    def _build_checker(cls, n_fields: int | None = None):
+        fields = cls._fields()[:n_fields]
+        hints = typing.get_type_hints(cls, include_extras=True)
+        names = [f.name for f in fields]
+        namespace: dict[str, Any] = {}
+        exec(f"def check({', '.join(names)}):\n    return None", namespace)  # noqa: S102
+        fn = namespace["check"]
+        fn.__annotations__ = {n: hints[n] for n in names}
+        fn.__qualname__ = cls.__qualname__
+        return jaxtyped(typechecker=beartype)(fn)
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        if cls.__dict__.get("_checker") is None:
+            cls._checker = cls._build_checker()
+        values = {f.name: getattr(self, f.name) for f in cls._fields()}
+        try:
+            cls._checker(**values)
+        except TypeCheckError as err:
+            raise self._explain(values, err) from None
+        for field in cls.tensor_fields():
+            value = values[field]
+            if value is not None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise ModalityError(
+                    f"{cls.__name__}.{field}: expected finite values, found {bad} NaN/inf "
+                    f"in a {describe(value)}"
+                )
+
+    @classmethod
+    def _explain(cls, values: dict[str, Any], err: TypeCheckError) -> ModalityError:
+        """Find the first field that fails (checking growing prefixes) and say why."""
+        hints = typing.get_type_hints(cls, include_extras=True)
+        names = list(values)
+        for i in range(1, len(names) + 1):
+            try:
+                cls._build_checker(i)(**{n: values[n] for n in names[:i]})
+            except TypeCheckError as sub:
+                field = names[i - 1]
+                bound = re.search(r"axis annotation are as follows\.\n(.*?)(?:\n\n|$)", str(sub), re.S)
+                hint = _tensor_hint(hints[field]) or hints[field]
+                expected = f"{getattr(hint, '__name__', hint)}" if not _is_tensor_hint(hint) else (
+                    f"{hint.__name__.split('[')[0]}[Tensor, {hint.dim_str!r}]")
+                extra = f" (axes bound by earlier fields: {', '.join(bound.group(1).split())})" if bound else ""
+                return ModalityError(
+                    f"{cls.__name__}.{field}: expected {expected}{extra}, "
+                    f"found {describe(values[field])}"
+                )
+        return ModalityError(f"{cls.__name__}: {err}")
+
+    # ----------------------------------------------------------------- batch helpers
+    def __len__(self) -> int:
+        for f in self.tensor_fields():
+            if (v := getattr(self, f)) is not None:
+                return int(v.shape[0])
+        raise ModalityError(f"{type(self).__name__} has no tensor fields set, so no batch size")
+
+    @property
+    def batch_size(self) -> int:
+        return len(self)
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor):
+        """Select samples along the batch axis; an int keeps a batch of one."""
+        if isinstance(index, int):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"{type(self).__name__}: index {index} out of range for batch of {n}")
+            index = slice(index, index + 1 if index != -1 else None)
+        elif isinstance(index, Sequence):
+            index = torch.as_tensor(list(index), dtype=torch.long)
+        return self.replace(**{f: v[index] for f in self.tensor_fields()
+                               if (v := getattr(self, f)) is not None})
+
+    def replace(self, **changes: Any):
+        """A copy with some fields replaced (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move every tensor field to ``device``; ``dtype`` applies to floating fields only."""
+        out = {}
+        for f in self.tensor_fields():
+            v = getattr(self, f)
+            if v is None:
+                continue
+            out[f] = v.to(device=device, dtype=dtype if (dtype and v.is_floating_point()) else None)
+        return self.replace(**out)
+
+    @classmethod
+    def collate(cls, samples: Sequence["Modality"]):
+        """Concatenate batches (typically single samples) along the batch axis.
+
+        Non-tensor fields must be equal in every sample; otherwise the samples are not one batch.
+        """
+        if not samples:
+            raise ModalityError(f"{cls.__name__}.collate: got no samples")
+        for i, s in enumerate(samples):
+            if type(s) is not cls:
+                raise ModalityError(f"{cls.__name__}.collate: sample {i} is a {type(s).__name__}")
+        tensors = set(cls.tensor_fields())
+        out: dict[str, Any] = {}
+        for f in cls._fields():
+            vals = [getattr(s, f.name) for s in samples]
+            if f.name in tensors and any(v is None for v in vals):
+                if not all(v is None for v in vals):
+                    raise ModalityError(f"{cls.__name__}.collate: optional field {f.name!r} is "
+                                        "set in some samples and None in others")
+                out[f.name] = None
+            elif f.name in tensors:
+                shapes = {tuple(v.shape[1:]) for v in vals}
+                if len(shapes) > 1:
+                    raise ModalityError(
+                        f"{cls.__name__}.collate: field {f.name!r} has different per-sample shapes "
+                        f"{sorted(shapes)}; bucket samples by shape before collating"
+                    )
+                out[f.name] = torch.cat(vals, dim=0)
+            else:
+                if any(v != vals[0] for v in vals[1:]):
+                    raise ModalityError(
+                        f"{cls.__name__}.collate: non-batched field {f.name!r} differs between samples"
+                    )
+                out[f.name] = vals[0]
+        return cls(**out)
+
+    @classmethod
+    def from_arrays(cls, fields: Mapping[str, Any], *, sample_id: str | None = None,
+                    batched: bool = False):
+        """Build a modality from numpy arrays / lists (one sample unless ``batched``).
+
+        Floating arrays become float32, integer arrays int64, bool stays bool. Errors name the
+        sample id when one is given.
+        """
+        tensors = set(cls.tensor_fields())
+        known = {f.name for f in cls._fields()}
+        unknown = set(fields) - known
+        where = f"sample {sample_id!r}: " if sample_id is not None else ""
+        if unknown:
+            raise ModalityError(f"{where}{cls.__name__} has no field(s) {sorted(unknown)}; "
+                                f"fields are {sorted(known)}")
+        values: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key in tensors and value is not None:
+                arr = np.asarray(value)
+                if arr.dtype.kind == "f":
+                    t = torch.as_tensor(arr, dtype=torch.float32)
+                elif arr.dtype.kind in "iu":
+                    t = torch.as_tensor(arr.astype(np.int64))
+                elif arr.dtype.kind == "b":
+                    t = torch.as_tensor(arr)
+                else:
+                    raise ModalityError(f"{where}{cls.__name__}.{key}: expected a numeric array, "
+                                        f"found dtype {arr.dtype}")
+                values[key] = t if batched else t.unsqueeze(0)
+            else:
+                values[key] = value
+        try:
+            return cls(**values)
+        except ModalityError as err:
+            raise ModalityError(f"{where}{err}") from None
+        except TypeError as err:  # missing / unexpected constructor arguments
+            raise ModalityError(f"{where}{cls.__name__}: {err}") from None
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None):
+        """A small valid batch for tests and the conformance kit. Subclasses implement it."""
+        raise NotImplementedError(f"{cls.__name__}.example() is not implemented")

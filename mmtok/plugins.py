@@ -1,0 +1,230 @@
+"""Plugin discovery: pluggy over the ``mmtok`` entry-point group, one plugin at a time.
+
+pluggy's ``load_setuptools_entrypoints`` stops at the first plugin that fails to import; here
+each entry point is loaded and each hook called in isolation. A plugin that fails to import,
+raises in a hook, returns something invalid or provides a name that is already taken is
+recorded in its `PluginInfo` (``mmtok plugins`` shows it) and everything else keeps working.
+
+Set ``MMTOK_DISABLE_PLUGINS=name1,name2`` to skip plugins by entry-point or distribution name.
+"""
+
+import dataclasses
+import importlib.metadata
+import inspect
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from mmtok.errors import CodecError, PluginError
+from mmtok.hookspecs import PROJECT, BundleSpec, CodecSpec, HeadSpec, MmtokSpec, PretrainedSpec, ReaderSpec
+from mmtok.modality import Modality
+
+__all__ = ["PluginInfo", "PluginManager", "get_plugin_manager", "reset_plugin_manager",
+           "DISABLE_ENV"]
+
+DISABLE_ENV = "MMTOK_DISABLE_PLUGINS"
+KINDS = ("modalities", "codecs", "readers", "heads", "bundles", "pretrained")
+_SPEC_TYPE = {"codecs": CodecSpec, "readers": ReaderSpec, "heads": HeadSpec,
+              "bundles": BundleSpec, "pretrained": PretrainedSpec}
+
+
+@dataclasses.dataclass
+class PluginInfo:
+    """What ``mmtok plugins`` reports for one plugin."""
+
+    name: str
+    package: str | None = None
+    version: str | None = None
+    provides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    disabled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class PluginManager:
+    """Holds the loaded plugins and the name -> thing tables built from their hooks."""
+
+    def __init__(self, *, entrypoints: bool = True, builtin: bool = True,
+                 disabled: set[str] | None = None):
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(MmtokSpec)
+        self.info: dict[str, PluginInfo] = {}
+        env = os.environ.get(DISABLE_ENV, "")
+        self.disabled = set(disabled or ()) | {s.strip() for s in env.split(",") if s.strip()}
+        self.tables: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        self.owner: dict[str, dict[str, str]] = {k: {} for k in KINDS}
+        if builtin:
+            import mmtok.builtin
+
+            self.register(mmtok.builtin, "mmtok", package="mmtok", version=_version("mmtok"))
+        if entrypoints:
+            self.load_entrypoints()
+
+    # ------------------------------------------------------------------ loading
+    def load_entrypoints(self) -> None:
+        eps = sorted(importlib.metadata.entry_points(group=PROJECT), key=lambda e: e.name)
+        for ep in eps:
+            package = ep.dist.metadata["Name"] if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            if ep.name in self.info:
+                continue
+            if ep.name in self.disabled or (package and package in self.disabled):
+                self.info[ep.name] = PluginInfo(ep.name, package, version, disabled=True)
+                continue
+            try:
+                plugin = ep.load()
+            except BaseException as err:  # noqa: BLE001 - a broken plugin must not stop the others
+                if isinstance(err, KeyboardInterrupt):
+                    raise
+                self.info[ep.name] = PluginInfo(
+                    ep.name, package, version,
+                    errors=[f"import of {ep.value!r} failed: {type(err).__name__}: {err}"])
+                continue
+            self.register(plugin, ep.name, package=package, version=version)
+
+    def register(self, plugin: Any, name: str, *, package: str | None = None,
+                 version: str | None = None) -> PluginInfo:
+        """Register a plugin object or module and index what it provides."""
+        info = PluginInfo(name, package, version)
+        self.info[name] = info
+        if name in self.disabled:
+            info.disabled = True
+            return info
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as err:  # pluggy validation errors, duplicate registration
+            info.errors.append(f"registration failed: {type(err).__name__}: {err}")
+            return info
+        for kind in KINDS:
+            self._index(kind, name, info)
+        return info
+
+    def _index(self, kind: str, plugin_name: str, info: PluginInfo) -> None:
+        hook = getattr(self.pm.hook, f"mmtok_{kind}")
+        for impl in hook.get_hookimpls():
+            if impl.plugin_name != plugin_name:
+                continue
+            try:
+                items = impl.function() or []
+            except Exception as err:  # noqa: BLE001
+                info.errors.append(f"hook mmtok_{kind} raised {type(err).__name__}: {err}")
+                continue
+            for item in items:
+                problem = _validate(kind, item)
+                if problem:
+                    info.errors.append(f"mmtok_{kind}: {problem}")
+                    continue
+                key = item.name
+                if key in self.tables[kind]:
+                    info.errors.append(f"{kind[:-1] if kind != 'pretrained' else 'pretrained codec'} "
+                                       f"{key!r} is already provided by plugin "
+                                       f"{self.owner[kind][key]!r}; this one is ignored")
+                    continue
+                self.tables[kind][key] = item
+                self.owner[kind][key] = plugin_name
+                info.provides.setdefault(kind, []).append(key)
+
+    # ------------------------------------------------------------------ lookups
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        return list(self.info.values())
+
+    def _get(self, kind: str, name: str, what: str) -> Any:
+        table = self.tables[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise PluginError(f"no {what} named {name!r} is installed (known: {known}); "
+                              "is its plugin installed? `mmtok plugins` lists what is loaded")
+        return table[name]
+
+    def modality(self, name: str) -> type[Modality]:
+        return self._get("modalities", name, "modality")
+
+    def codec_spec(self, name: str) -> CodecSpec:
+        return self._get("codecs", name, "codec")
+
+    def codec_class(self, name: str, family: str | None = None) -> type:
+        """Class of a registered codec name, falling back to a family name."""
+        if name in self.tables["codecs"]:
+            return self.tables["codecs"][name].codec
+        for spec in self.tables["codecs"].values():
+            if family and spec.codec.family == family:
+                return spec.codec
+        raise CodecError(f"codec {name!r} (family {family!r}) is not provided by any installed plugin")
+
+    def build_codec(self, name: str, config: dict | None = None):
+        spec = self.codec_spec(name)
+        return spec.build(config, modality=self.modality(spec.modality))
+
+    def pretrained(self, name: str) -> PretrainedSpec:
+        return self._get("pretrained", name, "pretrained codec")
+
+    def load_pretrained(self, name: str):
+        """Load a codec shipped inside an installed package (offline)."""
+        from mmtok.codec import Codec
+
+        return Codec.from_pretrained(self.pretrained(name).path)
+
+    def reader_for(self, path: str | Path) -> ReaderSpec:
+        name = Path(path).name.lower()
+        best = None
+        for spec in self.tables["readers"].values():
+            for suffix in spec.suffixes:
+                if name.endswith(suffix.lower()) and (best is None or len(suffix) > len(best[0])):
+                    best = (suffix, spec)
+        if best is None:
+            kinds = sorted({s for r in self.tables["readers"].values() for s in r.suffixes})
+            raise PluginError(f"no reader for {Path(path).name!r}; installed readers handle {kinds}")
+        return best[1]
+
+
+def _validate(kind: str, item: Any) -> str | None:
+    if kind == "modalities":
+        if not (inspect.isclass(item) and issubclass(item, Modality) and "name" in item.__dict__):
+            return f"{item!r} is not a named Modality subclass"
+        if not dataclasses.is_dataclass(item):
+            return f"{item.__name__} is not a dataclass"
+        return None
+    if not isinstance(item, _SPEC_TYPE[kind]):
+        return f"{item!r} is not a {_SPEC_TYPE[kind].__name__}"
+    if kind == "codecs":
+        from mmtok.codec import Codec
+
+        if not (inspect.isclass(item.codec) and issubclass(item.codec, Codec)):
+            return f"codec {item.name!r}: {item.codec!r} is not a Codec subclass"
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        from mmtok import __version__
+
+        return __version__
+
+
+_MANAGER: PluginManager | None = None
+_LOCK = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, loaded on first use."""
+    global _MANAGER
+    with _LOCK:
+        if _MANAGER is None:
+            _MANAGER = PluginManager()
+        return _MANAGER
+
+
+def reset_plugin_manager(manager: PluginManager | None = None) -> None:
+    """Drop (or replace) the process-wide manager, e.g. after installing a plugin or in tests."""
+    global _MANAGER
+    with _LOCK:
+        _MANAGER = manager

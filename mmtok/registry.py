@@ -1,0 +1,225 @@
+"""`registry.yaml`: the declared token streams and bundles, resolved against installed plugins.
+
+```yaml
+streams:
+  tok_labs:                      # token key
+    modality: lab_results
+    codec: lab-results-fsq       # a CodecSpec name from some plugin
+    config: {num_tokens: 3}      # overrides of the codec's default config
+    vocab_size: 240              # declared; must match the codec
+    num_tokens: 3                # declared; must match the codec
+    checkpoint: tabular/diabetes-labs-fsq   # optional: a pretrained name or a path
+bundles:
+  clinic: {streams: [tok_demographics, tok_labs], heads: []}
+```
+
+A ``checkpoint`` is either the name of a pretrained codec shipped inside an installed package
+(``mmtok plugins`` lists them) or a directory path, relative to the registry file.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmtok.errors import MmtokError, RegistryError
+
+__all__ = ["Registry", "RegistryProblem", "StreamEntry", "BundleEntry", "RegistryFile"]
+
+KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class StreamEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    modality: str
+    codec: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    vocab_size: int | None = Field(description="vocabulary size; null for a continuous stream")
+    num_tokens: int = Field(ge=1)
+    checkpoint: str | None = None
+
+
+class BundleEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    streams: list[str] = Field(min_length=1)
+    heads: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+class RegistryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    streams: dict[str, StreamEntry]
+    bundles: dict[str, BundleEntry] = Field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryProblem:
+    where: str  # e.g. "streams.tok_labs.codec"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that records duplicate mapping keys instead of silently keeping the last."""
+
+    duplicates: list[str]
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                self.duplicates.append(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                       f"(first at line {seen[key] + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class Registry:
+    """A parsed registry file. ``check()`` resolves every name; ``codec(key)`` builds one."""
+
+    def __init__(self, spec: RegistryFile, path: Path | None = None):
+        self.spec = spec
+        self.path = path
+        self.root = path.parent if path else Path.cwd()
+        self._codecs: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Registry":
+        path = Path(path)
+        if not path.is_file():
+            raise RegistryError(f"{path}: registry file not found")
+        loader = _UniqueKeyLoader(path.read_text())
+        loader.duplicates = []
+        try:
+            data = loader.get_single_data()
+        except yaml.YAMLError as err:
+            raise RegistryError(f"{path}: invalid YAML: {err}") from None
+        finally:
+            loader.dispose()
+        problems = [f"{path}: {d}" for d in loader.duplicates]
+        try:
+            spec = RegistryFile.model_validate(data or {})
+        except ValidationError as err:
+            problems += [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+            spec = None
+        if problems:
+            raise RegistryError("\n".join(problems))
+        return cls(spec, path)
+
+    @property
+    def streams(self) -> dict[str, StreamEntry]:
+        return self.spec.streams
+
+    @property
+    def bundles(self) -> dict[str, BundleEntry]:
+        return self.spec.bundles
+
+    # ------------------------------------------------------------------ resolving
+    def _checkpoint_dir(self, ref: str, manager) -> Path:
+        if ref in manager.tables["pretrained"]:
+            return Path(manager.pretrained(ref).path)
+        path = Path(ref) if os.path.isabs(ref) else self.root / ref
+        if not (path / "config.json").is_file():
+            known = ", ".join(sorted(manager.tables["pretrained"])) or "none installed"
+            raise RegistryError(f"checkpoint {ref!r} is neither an installed pretrained codec "
+                                f"({known}) nor a codec directory at {path}")
+        return path
+
+    def codec(self, key: str, manager=None):
+        """Build the codec of stream ``key`` (loading its checkpoint if one is declared)."""
+        from mmtok.codec import Codec
+        from mmtok.plugins import get_plugin_manager
+
+        if key in self._codecs:
+            return self._codecs[key]
+        if key not in self.streams:
+            raise RegistryError(f"no stream {key!r} in {self.path}; streams are {sorted(self.streams)}")
+        manager = manager or get_plugin_manager()
+        entry = self.streams[key]
+        modality = manager.modality(entry.modality)
+        if entry.checkpoint:
+            codec = Codec.from_pretrained(self._checkpoint_dir(entry.checkpoint, manager),
+                                          modality=modality)
+            if codec.name != entry.codec:
+                raise RegistryError(f"stream {key!r}: checkpoint {entry.checkpoint!r} holds codec "
+                                    f"{codec.name!r}, the stream declares {entry.codec!r}")
+            saved = codec.config.model_dump(mode="json")
+            want = manager.codec_spec(entry.codec).codec.parse_config(
+                {**saved, **entry.config}).model_dump(mode="json")
+            diff = sorted(k for k in want if want[k] != saved.get(k))
+            if diff:
+                raise RegistryError(f"stream {key!r}: config differs from checkpoint "
+                                    f"{entry.checkpoint!r} in {diff}")
+        else:
+            spec = manager.codec_spec(entry.codec)
+            codec = spec.build(entry.config, modality=modality)
+            codec.eval()
+        self._codecs[key] = codec
+        return codec
+
+    def check(self, manager=None) -> list[RegistryProblem]:
+        """Every unresolved name, mismatch or broken reference, each as one problem."""
+        import re
+
+        from mmtok.plugins import get_plugin_manager
+
+        manager = manager or get_plugin_manager()
+        problems: list[RegistryProblem] = []
+
+        def add(where: str, message: str) -> None:
+            problems.append(RegistryProblem(where, message))
+
+        for key, entry in self.streams.items():
+            where = f"streams.{key}"
+            if not re.match(KEY_PATTERN, key):
+                add(where, f"token key must match {KEY_PATTERN}")
+            ok = True
+            if entry.modality not in manager.tables["modalities"]:
+                add(f"{where}.modality", f"unknown modality {entry.modality!r} (installed: "
+                    f"{', '.join(sorted(manager.tables['modalities'])) or 'none'})")
+                ok = False
+            if entry.codec not in manager.tables["codecs"]:
+                add(f"{where}.codec", f"unknown codec {entry.codec!r} (installed: "
+                    f"{', '.join(sorted(manager.tables['codecs'])) or 'none'})")
+                ok = False
+            elif manager.codec_spec(entry.codec).modality != entry.modality:
+                add(f"{where}.codec", f"codec {entry.codec!r} tokenizes modality "
+                    f"{manager.codec_spec(entry.codec).modality!r}, not {entry.modality!r}")
+                ok = False
+            if not ok:
+                continue
+            try:
+                codec = self.codec(key, manager)
+            except MmtokError as err:
+                add(f"{where}.checkpoint" if entry.checkpoint else f"{where}.config", str(err))
+                continue
+            if entry.vocab_size != codec.vocab_size:
+                add(f"{where}.vocab_size", f"declared {entry.vocab_size}, codec {entry.codec!r} "
+                    f"has {codec.vocab_size}")
+            if entry.num_tokens != codec.num_tokens:
+                add(f"{where}.num_tokens", f"declared {entry.num_tokens}, codec {entry.codec!r} "
+                    f"emits {codec.num_tokens} (grid {codec.grid})")
+        for name, bundle in self.bundles.items():
+            for key in bundle.streams:
+                if key not in self.streams:
+                    add(f"bundles.{name}.streams", f"unknown stream {key!r}")
+            if len(set(bundle.streams)) != len(bundle.streams):
+                add(f"bundles.{name}.streams", "lists a stream twice")
+            for head in bundle.heads:
+                if head not in manager.tables["heads"]:
+                    add(f"bundles.{name}.heads", f"unknown head {head!r} (installed: "
+                        f"{', '.join(sorted(manager.tables['heads'])) or 'none'})")
+        return problems
+
+    def require_valid(self, manager=None) -> None:
+        problems = self.check(manager)
+        if problems:
+            raise RegistryError("\n".join(str(p) for p in problems))
+
