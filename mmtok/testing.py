@@ -1,0 +1,227 @@
+"""Conformance kit: tells a plugin author whether their modalities and codecs are right.
+
+    from mmtok.testing import check_plugin
+    def test_conformance():
+        check_plugin(my_plugin_module)
+
+Each check raises `ConformanceError` (an AssertionError, so pytest shows it as a failure) with a
+message naming the modality / codec and what was wrong.
+"""
+
+import dataclasses
+import tempfile
+from typing import Any
+
+import torch
+
+from mmtok.codec import Codec
+from mmtok.errors import MmtokError, ModalityError
+from mmtok.hookspecs import CodecSpec
+from mmtok.modality import Modality
+from mmtok.tokens import TokenStream
+
+__all__ = ["ConformanceError", "check_modality", "check_codec", "check_plugin"]
+
+
+class ConformanceError(AssertionError):
+    """A modality, codec or plugin does not meet the mmtok contract."""
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise ConformanceError(what)
+
+
+def _bad_shape(t: torch.Tensor) -> torch.Tensor:
+    """Same batch, wrong per-sample shape: the last axis grows by 3."""
+    return torch.zeros(*t.shape[:-1], t.shape[-1] + 3, dtype=t.dtype) if t.ndim > 1 else torch.zeros(
+        t.shape[0], 3, dtype=t.dtype)
+
+
+def _fields_equal(a: Modality, b: Modality) -> bool:
+    for f in type(a).tensor_fields():
+        x, y = getattr(a, f), getattr(b, f)
+        if (x is None) != (y is None) or (x is not None and not torch.equal(x, y)):
+            return False
+    return True
+
+
+def check_modality(cls: type[Modality], *, batch_size: int = 3) -> None:
+    """Construction, batch helpers (len, indexing, collate, to) and clear errors on bad input."""
+    name = getattr(cls, "__name__", repr(cls))
+    _require(dataclasses.is_dataclass(cls), f"{name}: not a dataclass")
+    _require(cls.__dataclass_params__.frozen, f"{name}: must be @dataclass(frozen=True)")
+    _require(isinstance(cls.__dict__.get("name"), str), f"{name}: needs a `name` ClassVar")
+    _require(isinstance(getattr(cls, "token_key", None), str), f"{name}: needs a token_key")
+    fields = cls.tensor_fields()
+    _require(bool(fields), f"{name}: has no jaxtyping tensor fields")
+    ex = cls.example(batch_size, generator=torch.Generator().manual_seed(0))
+    _require(type(ex) is cls, f"{name}.example() returned a {type(ex).__name__}")
+    _require(len(ex) == batch_size, f"{name}.example({batch_size}) has batch size {len(ex)}")
+    one = ex[0]
+    _require(type(one) is cls and len(one) == 1, f"{name}[0] must be a batch of one {name}")
+    _require(len(ex[[0, batch_size - 1]]) == 2, f"{name}[[0, -1]] must select 2 samples")
+    again = cls.collate([ex[i] for i in range(batch_size)])
+    _require(_fields_equal(again, ex), f"{name}.collate of its single samples differs from the batch")
+    _require(_fields_equal(ex.to("cpu"), ex), f"{name}.to('cpu') changed the data")
+    try:
+        setattr(ex, fields[0], getattr(ex, fields[0]))
+        raise ConformanceError(f"{name}: assignment to a field did not raise (not frozen)")
+    except dataclasses.FrozenInstanceError:
+        pass
+    values = {f.name: getattr(ex, f.name) for f in dataclasses.fields(ex) if f.init}
+    for field in fields:
+        if values[field] is None:
+            continue
+        bad = dict(values, **{field: _bad_shape(values[field])})
+        try:
+            cls(**bad)
+        except ModalityError as err:
+            _require(name in str(err) and any(f"{name}.{f}" in str(err) for f in fields),
+                     f"{name}: the error for a wrong-shaped {field!r} must name the class and the "
+                     f"field that disagrees, got: {err}")
+        else:
+            # A free trailing axis ('c') may legitimately accept the shape; a wrong rank may not.
+            try:
+                cls(**dict(values, **{field: values[field][..., None]}))
+            except ModalityError:
+                pass
+            else:
+                raise ConformanceError(f"{name}: accepted {field!r} with an extra axis")
+        if values[field].is_floating_point():
+            nan = values[field].clone()
+            nan.view(-1)[0] = float("nan")
+            try:
+                cls(**dict(values, **{field: nan}))
+                raise ConformanceError(f"{name}: accepted NaN in {field!r}")
+            except ModalityError:
+                pass
+
+
+def _other_fields(codec: Codec, m: Modality) -> dict[str, Any]:
+    return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)
+            if f.init and f.name != codec.field}
+
+
+def _same(a: TokenStream, b: TokenStream) -> bool:
+    if a.is_discrete:
+        return torch.equal(a.ids, b.ids)
+    return torch.allclose(a.values, b.values, atol=1e-5, rtol=1e-4)
+
+
+def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = True) -> None:
+    """Shapes, vocabulary, determinism, batch independence, round trip, save/load equality and
+    clear errors. ``example`` defaults to ``codec.modality.example(3)``; with ``fit`` the codec's
+    statistics are fitted on it first (needed by e.g. quantile codecs)."""
+    name = f"codec {codec.name!r}"
+    ex = example if example is not None else codec.modality.example(
+        3, generator=torch.Generator().manual_seed(0))
+    b = len(ex)
+    if fit:
+        codec.fit_statistics(ex)
+    codec.eval()
+    try:
+        s = codec.encode(ex)
+    except MmtokError as err:
+        raise ConformanceError(f"{name}: encode of {type(ex).__name__}.example() failed: {err}") from err
+    _require(isinstance(s, TokenStream), f"{name}: encode must return a TokenStream")
+    _require(len(s) == b, f"{name}: {len(s)} token rows for a batch of {b}")
+    _require(tuple(s.grid) == tuple(codec.grid), f"{name}: stream grid {s.grid} != codec.grid {codec.grid}")
+    _require(s.num_tokens == codec.num_tokens, f"{name}: {s.num_tokens} tokens, codec says {codec.num_tokens}")
+    _require(s.is_discrete == codec.is_discrete, f"{name}: discreteness differs from codec.is_discrete")
+    _require(bool(s.present.all()), f"{name}: encoded samples must be present")
+    if s.is_discrete:
+        _require(s.vocab_size == codec.vocab_size, f"{name}: stream vocab {s.vocab_size} != {codec.vocab_size}")
+        lo, hi = int(s.ids.min()), int(s.ids.max())
+        _require(0 <= lo and hi < codec.vocab_size, f"{name}: ids in [{lo}, {hi}] outside [0, {codec.vocab_size})")
+    else:
+        _require(bool(torch.isfinite(s.values).all()), f"{name}: continuous tokens are not finite")
+    _require(_same(s, codec.encode(ex)), f"{name}: encode is not deterministic in eval mode")
+    for i in range(b):
+        _require(_same(codec.encode(ex[i]), s[i]),
+                 f"{name}: sample {i} encodes differently alone than in a batch (batch-dependent codec)")
+    out = codec.decode(s, **_other_fields(codec, ex))
+    _require(type(out) is codec.modality, f"{name}: decode returned {type(out).__name__}, "
+             f"expected {codec.modality.__name__}")
+    x, y = getattr(ex, codec.field), getattr(out, codec.field)
+    _require(tuple(y.shape) == tuple(x.shape), f"{name}: decoded {codec.field} has shape "
+             f"{tuple(y.shape)}, input had {tuple(x.shape)}")
+    _require(bool(torch.isfinite(y).all()), f"{name}: decoded values are not finite")
+    again = getattr(codec.decode(s, **_other_fields(codec, ex)), codec.field)
+    _require(torch.equal(y, again), f"{name}: decode is not deterministic")
+    with tempfile.TemporaryDirectory() as tmp:
+        codec.save_pretrained(tmp)
+        loaded = type(codec).from_pretrained(tmp, modality=codec.modality)
+        _require(loaded.fingerprint() == codec.fingerprint(), f"{name}: fingerprint changed on save/load")
+        _require(_same(loaded.encode(ex), s), f"{name}: reloaded codec encodes differently")
+        y2 = getattr(loaded.decode(s, **_other_fields(codec, ex)), codec.field)
+        _require(torch.allclose(y, y2, atol=1e-5, rtol=1e-4), f"{name}: reloaded codec decodes differently")
+    # bad input must be a clear mmtok error, never a raw torch traceback
+    bad = dict(_other_fields(codec, ex), **{codec.field: _bad_shape(x)})
+    try:
+        codec.encode(codec.modality(**bad))
+    except MmtokError as err:
+        _require(codec.field in str(err) or codec.modality.__name__ in str(err),
+                 f"{name}: error for a wrong-shaped input must name the field, got: {err}")
+    except Exception as err:  # noqa: BLE001
+        raise ConformanceError(f"{name}: a wrong-shaped {codec.field!r} raised a raw "
+                               f"{type(err).__name__} instead of a ModalityError: {err}") from err
+    else:
+        raise ConformanceError(f"{name}: encoded a wrong-shaped {codec.field!r} "
+                               f"{tuple(bad[codec.field].shape)} without error")
+    wrong = dataclasses.replace(s, grid=(*s.grid, 1))
+    try:
+        codec.decode(wrong)
+    except MmtokError:
+        pass
+    except Exception as err:  # noqa: BLE001
+        raise ConformanceError(f"{name}: a stream with the wrong grid raised a raw "
+                               f"{type(err).__name__}: {err}") from err
+    else:
+        raise ConformanceError(f"{name}: decoded a stream with the wrong grid without error")
+
+
+def check_plugin(plugin: Any, *, name: str | None = None, batch_size: int = 3) -> list[str]:
+    """Register ``plugin`` (a module or object with hook implementations) next to mmtok's
+    built-ins and check everything it provides. Returns the names checked."""
+    import mmtok.builtin
+    from mmtok.plugins import PluginManager
+
+    name = name or getattr(plugin, "__name__", type(plugin).__name__)
+    manager = PluginManager(entrypoints=False, builtin=plugin is not mmtok.builtin)
+    info = manager.register(plugin, name)
+    _require(info.ok, f"plugin {name!r} did not load cleanly: {info.errors}")
+    _require(any(info.provides.values()), f"plugin {name!r} provides nothing")
+    checked = []
+    for mod in info.provides.get("modalities", []):
+        check_modality(manager.modality(mod), batch_size=batch_size)
+        checked.append(f"modality:{mod}")
+    for codec_name in info.provides.get("codecs", []):
+        spec: CodecSpec = manager.codec_spec(codec_name)
+        try:
+            modality = manager.modality(spec.modality)
+        except MmtokError as err:
+            raise ConformanceError(f"codec {codec_name!r}: {err}") from err
+        codec = spec.build(modality=modality)
+        check_codec(codec, modality.example(batch_size, generator=torch.Generator().manual_seed(0)))
+        checked.append(f"codec:{codec_name}")
+    for pre in info.provides.get("pretrained", []):
+        codec = Codec.from_pretrained(manager.pretrained(pre).path,
+                                      modality=manager.modality(
+                                          _pretrained_modality(manager.pretrained(pre).path)))
+        check_codec(codec, codec.modality.example(batch_size), fit=False)
+        checked.append(f"pretrained:{pre}")
+    for reader in info.provides.get("readers", []):
+        spec = manager.tables["readers"][reader]
+        _require(callable(spec.read) and spec.suffixes, f"reader {reader!r}: needs read() and suffixes")
+        checked.append(f"reader:{reader}")
+    for bundle in info.provides.get("bundles", []):
+        _require(bool(manager.tables["bundles"][bundle].streams), f"bundle {bundle!r} has no streams")
+        checked.append(f"bundle:{bundle}")
+    return checked
+
+
+def _pretrained_modality(path) -> str:
+    from mmtok.codec import read_codec_config
+
+    return read_codec_config(path)["modality"]
