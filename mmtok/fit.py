@@ -133,8 +133,8 @@ def fit_codec(codec: Codec, train: Modality, *, val: Modality | None = None, ste
             if out.ids is not None:
                 recent.append(out.ids.detach())
             if step % log_every == 0 or step == steps - 1:
-                row = {"step": step, "loss": float(loss), "recon": float(recon),
-                       "aux": float(out.aux_loss)}
+                row = {"step": step, "loss": loss.item(), "recon": recon.item(),
+                       "aux": out.aux_loss.item()}
                 if recent:
                     row.update(codebook_usage(torch.cat(list(recent)), codec.vocab_size))
                 history.append(row)
