@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mmtok.errors import CodecError, ModalityError
 from mmtok.modality import Modality
-from mmtok.quantize import FSQConfig, Quantizer, QuantizerConfig, build_quantizer
+from mmtok.quantize import FSQConfig, Quantizer, QuantizerConfig
 from mmtok.tokens import TokenStream
 
 __all__ = ["Codec", "CodecConfig", "CodecOutput", "ChannelNorm", "atomic_write"]

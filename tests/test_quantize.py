@@ -71,8 +71,8 @@ def test_library_fsq_treats_4d_as_channel_first_which_is_why_we_pass_3d():
     # documents the pitfall the adapter avoids: a (b, h, w, d) channel-last image is misread
     fsq = FSQ(levels=[8, 5, 5, 5], dim=4)
     x = torch.randn(2, 3, 3, 4)
-    with pytest.raises(Exception):
-        fsq(x)  # treated as (b, d=3, ...) -> dimension mismatch
+    with pytest.raises(AssertionError, match="expected dimension of 4"):
+        fsq(x)  # treated as (b, d=3, h, w) -> the library's own assert fires
 
 
 def test_residual_vq_has_no_quantize_dropout_in_eval():
