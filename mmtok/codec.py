@@ -218,9 +218,9 @@ class Codec(nn.Module):
         present = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
         if q.ids is not None:
             return TokenStream(grid=self.grid, present=present, ids=q.ids, vocab_size=self.vocab_size,
-                               codec=self.name, fingerprint=self._fingerprint_cache)
+                               codec=self.name, fingerprint=self.fingerprint())
         return TokenStream(grid=self.grid, present=present, values=q.z_q.float(),
-                           codec=self.name, fingerprint=self._fingerprint_cache)
+                           codec=self.name, fingerprint=self.fingerprint())
 
     @torch.no_grad()
     def decode(self, stream: TokenStream, **fields: Any) -> Modality:
@@ -248,10 +248,19 @@ class Codec(nn.Module):
         return torch.nn.functional.mse_loss(out.x_hat.float(), out.x.float())
 
     # ------------------------------------------------------------------ persistence
-    _fingerprint_cache: str | None = None
+    _fingerprint_cache: tuple[tuple, str] | None = None
+
+    def _state_version(self) -> tuple:
+        # data pointer + in-place version counter of every tensor: changes whenever a weight is
+        # replaced or modified (optimizer steps, load_state_dict, manual edits)
+        return tuple((k, t.data_ptr(), t._version) for k, t in self.state_dict(keep_vars=True).items())
 
     def fingerprint(self) -> str:
-        """Stable 16-hex hash of codec name, config and every weight / buffer."""
+        """Stable 16-hex hash of codec name, config and every weight / buffer (cached until a
+        weight changes)."""
+        version = self._state_version()
+        if self._fingerprint_cache is not None and self._fingerprint_cache[0] == version:
+            return self._fingerprint_cache[1]
         h = hashlib.sha256()
         h.update(json.dumps({"codec": self.name, "config": self.config.model_dump(mode="json")},
                             sort_keys=True).encode())
@@ -260,7 +269,7 @@ class Codec(nn.Module):
             h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         fp = h.hexdigest()[:16]
-        self._fingerprint_cache = fp
+        self._fingerprint_cache = (version, fp)
         return fp
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

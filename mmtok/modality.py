@@ -106,8 +106,12 @@ class Modality:
     @classmethod
     def tensor_fields(cls) -> tuple[str, ...]:
         """Names of the batched tensor fields, in declaration order."""
-        hints = typing.get_type_hints(cls, include_extras=True)
-        return tuple(f.name for f in cls._fields() if _is_tensor_hint(hints.get(f.name)))
+        cached = cls.__dict__.get("_tensor_fields")
+        if cached is None:
+            hints = typing.get_type_hints(cls, include_extras=True)
+            cached = tuple(f.name for f in cls._fields() if _is_tensor_hint(hints.get(f.name)))
+            cls._tensor_fields = cached
+        return cached
 
     @classmethod
     def _build_checker(cls, n_fields: int | None = None):

@@ -78,7 +78,9 @@ class Quantizer(nn.Module):
         if ids.ndim != 2 or ids.shape[1] % self.depth:
             raise CodecError(f"{type(self).__name__}.ids_to_codes: expected ids (b, n*{self.depth}), "
                              f"found shape {tuple(ids.shape)}")
-        lo, hi = int(ids.min()), int(ids.max())
+        if ids.numel() == 0:
+            return torch.zeros(ids.shape[0], ids.shape[1] // self.depth, self.dim, device=ids.device)
+        lo, hi = (int(v) for v in torch.aminmax(ids))
         if lo < 0 or hi >= self.vocab_size:
             raise CodecError(f"{type(self).__name__}.ids_to_codes: ids must lie in [0, {self.vocab_size}), "
                              f"found range [{lo}, {hi}]")
@@ -152,7 +154,7 @@ class FSQQuantizer(Quantizer):
         return out, ids, None
 
     def _codes(self, ids):
-        return self.impl.indices_to_codes(ids)
+        return self.impl.indices_to_codes(ids.int())  # the library's own id dtype is int32
 
 
 class VQQuantizer(Quantizer):

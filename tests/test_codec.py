@@ -144,3 +144,19 @@ def test_decode_rejects_mismatched_stream():
                           ids=torch.zeros(1, 35, dtype=torch.long), vocab_size=64)
     with pytest.raises(CodecError, match="vocabulary 1000"):
         codec.decode(s)
+
+
+def test_streams_carry_the_current_fingerprint(corn):
+    data = corn_spectra(corn, slice(0, 4))
+    codec = spectrum_codec()
+    codec.eval()
+    first = codec.encode(data).fingerprint
+    assert first == codec.fingerprint()
+    with torch.no_grad():
+        next(codec.parameters()).mul_(1.5)  # an in-place edit after the fingerprint was cached
+    assert codec.encode(data).fingerprint == codec.fingerprint() != first
+
+
+def test_empty_ids_decode_to_empty_codes():
+    codec = spectrum_codec()
+    assert codec.quantizer.ids_to_codes(torch.zeros(0, 35, dtype=torch.long)).shape == (0, 35, 8)

@@ -109,7 +109,7 @@ class ScalarCodec(Codec):
         out = self.forward(m)
         return TokenStream(grid=self.grid, present=torch.ones(len(out.ids), dtype=torch.bool),
                            ids=out.ids, vocab_size=self.vocab_size, codec=self.name,
-                           fingerprint=self._fingerprint_cache)
+                           fingerprint=self.fingerprint())
 
     @torch.no_grad()
     def decode(self, stream: TokenStream, **fields) -> Modality:
