@@ -1,0 +1,202 @@
+"""Tabular modalities: the diabetes study's three tables, a generic CSV table and time series.
+
+Do not add ``from __future__ import annotations`` here: it would turn the jaxtyping shape
+annotations into strings and mmtok refuses such modalities.
+
+Every tensor field is batched on axis 0 (``b``). Tables are ``values: (b, c)`` with one column
+per named variable; ``from_frame`` builds a batch from named columns (a dict of 1-D arrays, or a
+pandas DataFrame) and ``to_frame`` goes back.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mmtok import Modality, ModalityError
+
+__all__ = ["PatientDemographics", "VitalSigns", "LabResults", "Table", "TimeSeries",
+           "stack_columns"]
+
+
+def stack_columns(owner: str, rows: Mapping[str, Any], columns: Sequence[str]) -> Tensor:
+    """Named 1-D columns of equal length n -> float32 tensor (n, len(columns)).
+
+    Raises `ModalityError` naming ``owner`` and every missing, non-numeric or ragged column.
+    """
+    available = list(rows.keys())
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ModalityError(f"{owner}.from_frame: missing column(s) {missing}; needs "
+                            f"{list(columns)}, found {available}")
+    arrays = []
+    for c in columns:
+        a = np.asarray(rows[c])
+        if a.ndim != 1:
+            raise ModalityError(f"{owner}.from_frame: column {c!r} must be 1-D, found shape {a.shape}")
+        if a.dtype.kind not in "biuf":
+            raise ModalityError(f"{owner}.from_frame: column {c!r} must be numeric, found dtype {a.dtype}")
+        arrays.append(a.astype(np.float32))
+    lengths = {c: len(a) for c, a in zip(columns, arrays)}
+    if len(set(lengths.values())) > 1:
+        raise ModalityError(f"{owner}.from_frame: columns have different lengths {lengths}")
+    return torch.from_numpy(np.stack(arrays, axis=1)) if arrays else torch.zeros(0, 0)
+
+
+def _uniform(generator: torch.Generator | None, n: int, lo: float, hi: float) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+
+class _NamedColumns:
+    """Mixin for tables with a fixed ``columns`` ClassVar: ``from_frame`` / ``to_frame``."""
+
+    columns: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def from_frame(cls, rows: Mapping[str, Any]):
+        """Named columns (dict of 1-D arrays or a DataFrame, n rows) -> batch of n.
+        Extra columns are ignored; missing ones raise `ModalityError` naming them."""
+        return cls(values=stack_columns(cls.__name__, rows, cls.columns))
+
+    def to_frame(self) -> dict[str, np.ndarray]:
+        """Batch -> {column: float32 array (b,)}."""
+        values = self.values.detach().cpu().numpy()
+        return {c: values[:, j] for j, c in enumerate(self.columns)}
+
+
+@dataclass(frozen=True, eq=False)
+class PatientDemographics(_NamedColumns, Modality):
+    """Baseline demographics of the diabetes study. values: (b, 3) = age, sex, bmi.
+
+    age in years; sex coded 1 / 2 (which is which is not documented); bmi: body mass index
+    (kg/m^2).
+    """
+
+    name: ClassVar[str] = "patient_demographics"
+    columns: ClassVar[tuple[str, ...]] = ("age", "sex", "bmi")
+    values: Float[Tensor, "b 3"]
+
+    @classmethod
+    def example(cls, batch_size: int = 2,
+                generator: torch.Generator | None = None) -> "PatientDemographics":
+        """Plausible random patients (the ranges of the study). values: (batch_size, 3)."""
+        age = _uniform(generator, batch_size, 19, 79).round()
+        sex = 1 + (torch.rand(batch_size, generator=generator) < 0.5).float()
+        bmi = _uniform(generator, batch_size, 18, 42).mul(10).round().div(10)
+        return cls(values=torch.stack([age, sex, bmi], dim=1))
+
+
+@dataclass(frozen=True, eq=False)
+class VitalSigns(_NamedColumns, Modality):
+    """Vital signs. The diabetes study has one: bp, the average blood pressure (units not
+    documented; mm Hg range, 62-133). values: (b, 1)."""
+
+    name: ClassVar[str] = "vital_signs"
+    columns: ClassVar[tuple[str, ...]] = ("bp",)
+    values: Float[Tensor, "b 1"]
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "VitalSigns":
+        """Plausible random blood pressures. values: (batch_size, 1)."""
+        return cls(values=_uniform(generator, batch_size, 70, 120).round()[:, None])
+
+
+@dataclass(frozen=True, eq=False)
+class LabResults(_NamedColumns, Modality):
+    """The six blood serum measurements of the diabetes study. values: (b, 6) = s1..s6:
+
+    - s1 tc: total serum cholesterol
+    - s2 ldl: low-density lipoproteins
+    - s3 hdl: high-density lipoproteins
+    - s4 tch: total cholesterol / HDL
+    - s5 ltg: possibly log of serum triglycerides level
+    - s6 glu: blood sugar level
+
+    (meanings as documented with the data by scikit-learn; units are not documented.)
+    """
+
+    name: ClassVar[str] = "lab_results"
+    columns: ClassVar[tuple[str, ...]] = ("s1", "s2", "s3", "s4", "s5", "s6")
+    #: the documented meaning of each column, in order
+    meanings: ClassVar[tuple[str, ...]] = ("tc", "ldl", "hdl", "tch", "ltg", "glu")
+    values: Float[Tensor, "b 6"]
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "LabResults":
+        """Plausible random panels (around the study's means). values: (batch_size, 6)."""
+        mean = torch.tensor([189.0, 115.0, 50.0, 4.0, 4.6, 91.0])
+        std = torch.tensor([34.0, 30.0, 13.0, 1.3, 0.5, 11.0])
+        z = torch.randn(batch_size, 6, generator=generator).clamp(-2.5, 2.5)
+        return cls(values=mean + std * z)
+
+
+@dataclass(frozen=True, eq=False)
+class Table(Modality):
+    """A generic numeric table (e.g. a CSV file). values: (b, c); ``columns`` optionally names
+    the c columns (not batched: the same for every row)."""
+
+    name: ClassVar[str] = "table"
+    values: Float[Tensor, "b c"]
+    columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.columns and len(self.columns) != self.values.shape[1]:
+            raise ModalityError(f"Table.values has {self.values.shape[1]} columns but Table.columns "
+                                f"names {len(self.columns)}: {list(self.columns)}")
+
+    @classmethod
+    def from_frame(cls, rows: Mapping[str, Any], columns: Sequence[str] | None = None) -> "Table":
+        """Named columns (dict of 1-D arrays, e.g. from mmtok's csv reader, or a DataFrame).
+        ``columns`` selects and orders them; by default every numeric column, in order."""
+        if columns is None:
+            columns = [c for c in rows if np.asarray(rows[c]).dtype.kind in "biuf"]
+            if not columns:
+                raise ModalityError(f"Table.from_frame: no numeric column among {list(rows.keys())}")
+        return cls(values=stack_columns("Table", rows, columns), columns=tuple(columns))
+
+    def to_frame(self) -> dict[str, np.ndarray]:
+        """Batch -> {column: float32 array (b,)}; unnamed columns are called c0, c1, ..."""
+        names = self.columns or tuple(f"c{j}" for j in range(self.values.shape[1]))
+        values = self.values.detach().cpu().numpy()
+        return {c: values[:, j] for j, c in enumerate(names)}
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "Table":
+        """Random rows of 4 named columns (fits the default ``table-quantile`` codec)."""
+        return cls(values=torch.randn(batch_size, 4, generator=generator),
+                   columns=("x0", "x1", "x2", "x3"))
+
+
+@dataclass(frozen=True, eq=False)
+class TimeSeries(Modality):
+    """Regularly sampled multichannel time series. values: (b, c, t); time: (b, t) optional
+    sample times (not encoded by the codec: pass it again to ``decode``)."""
+
+    name: ClassVar[str] = "time_series"
+    values: Float[Tensor, "b c t"]
+    time: Float[Tensor, "b t"] | None = None
+
+    @classmethod
+    def from_frame(cls, rows: Mapping[str, Any], channels: Sequence[str],
+                   time: str | None = None) -> "TimeSeries":
+        """One series from long-format columns (n time steps each) -> batch of one:
+        values (1, len(channels), n), time (1, n) from column ``time`` if given."""
+        values = stack_columns("TimeSeries", rows, [*channels, *([time] if time else [])])
+        t = values[:, -1][None] if time else None
+        return cls(values=values[:, :len(channels)].T[None].contiguous(), time=t)
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "TimeSeries":
+        """Noisy sinusoids, 1 channel x 64 steps (fits the default ``timeseries-fsq`` codec)."""
+        t = torch.arange(64, dtype=torch.float32)
+        freq = _uniform(generator, batch_size, 1.0, 4.0)[:, None] / 64
+        phase = _uniform(generator, batch_size, 0.0, 2 * math.pi)[:, None]
+        noise = 0.1 * torch.randn(batch_size, 64, generator=generator)
+        values = torch.sin(2 * math.pi * freq * t + phase) + noise
+        return cls(values=values[:, None], time=t.expand(batch_size, -1).clone())

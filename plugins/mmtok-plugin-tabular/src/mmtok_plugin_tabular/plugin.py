@@ -1,0 +1,56 @@
+"""What mmtok-plugin-tabular registers (entry point ``tabular`` in group ``mmtok``)."""
+
+from pathlib import Path
+
+from mmtok import CodecSpec, PretrainedSpec, hookimpl
+from mmtok.codecs import ScalarCodec, TableCodec, TimeSeriesCodec
+
+from mmtok_plugin_tabular.modalities import (LabResults, PatientDemographics, Table, TimeSeries,
+                                             VitalSigns)
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+#: pretrained name -> (directory under pretrained/, description)
+PRETRAINED = {
+    "tabular/diabetes-demographics-fsq": (
+        "diabetes-demographics-fsq", "demographics-fsq fitted on the diabetes study (342 patients)"),
+    "tabular/diabetes-vitals-quantile": (
+        "diabetes-vitals-quantile", "vitals-quantile fitted on the diabetes study (342 patients)"),
+    "tabular/diabetes-labs-fsq": (
+        "diabetes-labs-fsq", "labs-fsq fitted on the diabetes study (342 patients)"),
+}
+
+
+@hookimpl
+def mmtok_modalities():
+    return [PatientDemographics, VitalSigns, LabResults, Table, TimeSeries]
+
+
+@hookimpl
+def mmtok_codecs():
+    return [
+        CodecSpec("demographics-fsq", "patient_demographics", TableCodec,
+                  {"columns": 3, "num_tokens": 2, "latent_dim": 4,
+                   "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5]}},
+                  "age, sex, bmi jointly: MLP + FSQ, 2 tokens of 1000"),
+        CodecSpec("vitals-quantile", "vital_signs", ScalarCodec,
+                  {"columns": 1, "num_bins": 64},
+                  "blood pressure: one quantile-bin token of 64"),
+        CodecSpec("labs-fsq", "lab_results", TableCodec,
+                  {"columns": 6, "num_tokens": 3, "latent_dim": 4,
+                   "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5]}},
+                  "six serum measurements jointly: MLP + FSQ, 3 tokens of 1000"),
+        CodecSpec("table-quantile", "table", ScalarCodec,
+                  {"columns": 4, "num_bins": 64},
+                  "generic table: one quantile-bin token of 64 per column (set `columns`)"),
+        CodecSpec("timeseries-fsq", "time_series", TimeSeriesCodec,
+                  {"channels": 1, "size": [64], "patch": [8],
+                   "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5]}},
+                  "time series: one FSQ token of 1000 per 8 steps"),
+    ]
+
+
+@hookimpl
+def mmtok_pretrained():
+    return [PretrainedSpec(name, PRETRAINED_DIR / directory, description)
+            for name, (directory, description) in PRETRAINED.items()]
