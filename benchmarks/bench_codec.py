@@ -144,7 +144,7 @@ def _encode_case(t: Timing, device: str, codec_name: str, make, field_shape, flo
     row = {"codec": codec_name, "modality": f"{type(m).__name__} {tuple(field_shape)}",
            "validate": build, "encode": enc,
            # parts of `validate`, timed alone: the cached jaxtyping+beartype checker, the
-           # finiteness check, and the typing.get_type_hints call behind tensor_fields()
+           # finiteness check, and tensor_fields() (cached per class)
            "jaxtyping_beartype": check, "isfinite": finite, "tensor_fields": fields,
            "ratio": build["median_s"] / enc["median_s"],
            "samples_per_s": field_shape[0] / enc["median_s"]}
