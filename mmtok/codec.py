@@ -193,6 +193,16 @@ class Codec(nn.Module):
             raise ModalityError(f"{type(self).__name__} ({self.name}) encodes {self.modality.__name__}, "
                                 f"found {type(m).__name__}")
 
+    def read_field(self, m: Modality, per_sample_shape: tuple[int, ...]) -> Tensor:
+        """The configured field as float, checked against the shape this codec was built for."""
+        x = getattr(m, self.field)
+        if tuple(x.shape[1:]) != tuple(per_sample_shape):
+            raise ModalityError(
+                f"{self.name}: {type(m).__name__}.{self.field} must have per-sample shape "
+                f"{tuple(per_sample_shape)} for this codec, found {tuple(x.shape[1:])}"
+            )
+        return x.float()
+
     def preprocess(self, m: Modality) -> Tensor:
         """Modality -> encoder input tensor. Default: the configured field as float."""
         return getattr(m, self.field).float()

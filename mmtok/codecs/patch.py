@@ -109,14 +109,7 @@ class PatchCodec(Codec):
         return tuple(s // p for s, p in zip(self.config.size, self.config.patch))
 
     def preprocess(self, m: Modality) -> Tensor:
-        x = getattr(m, self.field)
-        want = (self.config.channels, *self.config.size)
-        if tuple(x.shape[1:]) != want:
-            raise ModalityError(
-                f"{self.name}: {type(m).__name__}.{self.field} must have per-sample shape {want} "
-                f"(channels, *size) for this codec, found {tuple(x.shape[1:])}; resample or crop first"
-            )
-        return self.norm(x.float())
+        return self.norm(self.read_field(m, (self.config.channels, *self.config.size)))
 
     def postprocess(self, x_hat: Tensor, **fields) -> Modality:
         return super().postprocess(self.norm.inverse(x_hat.float()), **fields)

@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mmtok.codec import Codec, CodecConfig, CodecOutput
-from mmtok.errors import CodecError, ModalityError
+from mmtok.errors import CodecError
 from mmtok.modality import Modality
 from mmtok.quantize import ContinuousConfig
 from mmtok.tokens import TokenStream
@@ -83,11 +83,7 @@ class ScalarCodec(Codec):
         return (self.config.columns,)
 
     def preprocess(self, m: Modality) -> Tensor:
-        x = getattr(m, self.field).float()
-        if x.ndim != 2 or x.shape[1] != self.config.columns:
-            raise ModalityError(f"{self.name}: {type(m).__name__}.{self.field} must be (b, "
-                                f"{self.config.columns}), found {tuple(x.shape)}")
-        return x
+        return self.read_field(m, (self.config.columns,))
 
     def fit_statistics(self, m: Modality) -> None:
         self.quantizer.fit(self.preprocess(m))

@@ -14,7 +14,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mmtok.codec import ChannelNorm, Codec, CodecConfig
-from mmtok.errors import ModalityError
 from mmtok.modality import Modality
 from mmtok.quantize import build_quantizer
 
@@ -51,11 +50,7 @@ class TableCodec(Codec):
         return (self.config.num_tokens,)
 
     def preprocess(self, m: Modality) -> Tensor:
-        x = getattr(m, self.field).float()
-        if x.ndim != 2 or x.shape[1] != self.config.columns:
-            raise ModalityError(f"{self.name}: {type(m).__name__}.{self.field} must be (b, "
-                                f"{self.config.columns}), found {tuple(x.shape)}")
-        return self.norm(x)
+        return self.norm(self.read_field(m, (self.config.columns,)))
 
     def postprocess(self, x_hat: Tensor, **fields) -> Modality:
         return super().postprocess(self.norm.inverse(x_hat.float()), **fields)
