@@ -60,7 +60,7 @@ def main() -> int:
                            "vocab_size": s.vocab_size}) for k, s in batch.items()}
     atomic_write(shard, lambda p: save_file(tensors, str(p), metadata=meta))
 
-    print(f"encoded {batch.batch_size} patients -> {batch} -> {shard.relative_to(ROOT)}\n")
+    print(f"encoded {batch.batch_size} patients -> {batch} -> {shard}\n")
     print("held-out reconstruction (last 100 patients, not used to fit the codecs):\n")
     print("| stream | pretrained codec | tokens | vocab | nRMSE | perplexity | codes used | RMSE per column (units) |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
