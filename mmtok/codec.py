@@ -14,6 +14,7 @@ family (see `mmtok.hookspecs.CodecSpec`). ``save_pretrained(dir)`` writes ``conf
 ``model.safetensors``; ``fingerprint()`` is a stable hash of both.
 """
 
+import functools
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ from mmtok.modality import Modality
 from mmtok.quantize import FSQConfig, Quantizer, QuantizerConfig
 from mmtok.tokens import TokenStream
 
-__all__ = ["Codec", "CodecConfig", "CodecOutput", "ChannelNorm", "atomic_write"]
+__all__ = ["Codec", "CodecConfig", "CodecOutput", "ChannelNorm", "atomic_write", "inference"]
 
 FORMAT_VERSION = 1
 
@@ -116,6 +117,23 @@ class ChannelNorm(nn.Module):
             return y
         x = y * self._view(self.std, y) + self._view(self.mean, y)
         return torch.sinh(x) * self._view(self.scale, y) if self.mode == "arcsinh" else x
+
+
+def inference(method):
+    """Run a codec method under ``torch.no_grad()`` with the codec in eval mode (restored
+    afterwards): tokens never depend on dropout, quantize dropout or codebook updates."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
 
 
 class Codec(nn.Module):
@@ -222,9 +240,9 @@ class Codec(nn.Module):
         q = self.quantizer.quantize(self.encoder(x))
         return CodecOutput(x, self.decoder(q.z_q), q.ids, q.aux_loss)
 
-    @torch.no_grad()
+    @inference
     def encode(self, m: Modality) -> TokenStream:
-        """Modality batch -> TokenStream (deterministic: call in eval mode)."""
+        """Modality batch -> TokenStream (always in eval mode: deterministic)."""
         self.check_input(m)
         z = self.encoder(self.preprocess(m))
         q = self.quantizer.quantize(z)
@@ -235,7 +253,7 @@ class Codec(nn.Module):
         return TokenStream(grid=self.grid, present=present, values=q.z_q.float(),
                            codec=self.name, fingerprint=self.fingerprint())
 
-    @torch.no_grad()
+    @inference
     def decode(self, stream: TokenStream, **fields: Any) -> Modality:
         """TokenStream -> modality batch. ``fields`` are passed to the modality unchanged
         (e.g. wavelengths or voxel spacing that the tokens do not carry)."""

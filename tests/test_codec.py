@@ -160,3 +160,15 @@ def test_streams_carry_the_current_fingerprint(corn):
 def test_empty_ids_decode_to_empty_codes():
     codec = spectrum_codec()
     assert codec.quantizer.ids_to_codes(torch.zeros(0, 35, dtype=torch.long)).shape == (0, 35, 8)
+
+
+def test_encode_in_train_mode_is_still_deterministic_and_leaves_codebooks_alone(corn):
+    data = corn_spectra(corn, slice(0, 16))
+    codec = spectrum_codec({"kind": "vq", "codebook_size": 64})
+    fit_codec(codec, data, steps=3, progress=False)
+    reference = codec.encode(data).ids
+    codec.train()
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    assert torch.equal(codec.encode(data).ids, reference)
+    assert all(torch.equal(before[k], v) for k, v in codec.state_dict().items())
+    assert codec.training  # the caller's mode is restored

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmtok.codec import Codec, CodecConfig, CodecOutput
+from mmtok.codec import Codec, CodecConfig, CodecOutput, inference
 from mmtok.errors import CodecError
 from mmtok.modality import Modality
 from mmtok.quantize import ContinuousConfig
@@ -100,14 +100,14 @@ class ScalarCodec(Codec):
         ids = self.quantizer.bin(x)
         return CodecOutput(x, self.quantizer.values(ids), ids, x.new_zeros(()))
 
-    @torch.no_grad()
+    @inference
     def encode(self, m: Modality) -> TokenStream:
         out = self.forward(m)
         return TokenStream(grid=self.grid, present=torch.ones(len(out.ids), dtype=torch.bool),
                            ids=out.ids, vocab_size=self.vocab_size, codec=self.name,
                            fingerprint=self.fingerprint())
 
-    @torch.no_grad()
+    @inference
     def decode(self, stream: TokenStream, **fields) -> Modality:
         self.check_stream(stream)
         self._require_fitted()
