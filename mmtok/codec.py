@@ -14,6 +14,7 @@ family (see `mmtok.hookspecs.CodecSpec`). ``save_pretrained(dir)`` writes ``conf
 ``model.safetensors``; ``fingerprint()`` is a stable hash of both.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -228,6 +229,11 @@ class Codec(nn.Module):
     def postprocess(self, x_hat: Tensor, **fields: Any) -> Modality:
         """Decoder output -> modality; ``fields`` fill the modality's other fields."""
         return self.modality(**{self.field: x_hat, **fields})
+
+    def passthrough_fields(self, m: Modality) -> dict[str, Any]:
+        """The fields of ``m`` this codec does not tokenize, e.g. to pass to `decode`."""
+        return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)
+                if f.init and f.name != self.field}
 
     def fit_statistics(self, m: Modality) -> None:
         """Data-dependent initialisation (normalisation statistics, quantile tables) from a

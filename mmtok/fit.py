@@ -12,7 +12,7 @@ from collections import deque
 import torch
 from tqdm.auto import tqdm
 
-from mmtok.codec import Codec
+from mmtok.codec import Codec, CodecOutput
 from mmtok.errors import CodecError
 from mmtok.modality import Modality
 
@@ -56,26 +56,20 @@ class FitReport:
         return s
 
 
-def _other_fields(codec: Codec, data: Modality) -> dict:
-    return {f.name: getattr(data, f.name) for f in dataclasses.fields(data)
-            if f.init and f.name != codec.field}
-
-
 @torch.no_grad()
 def evaluate_codec(codec: Codec, data: Modality, *, steps: int = 0, history=None,
                    batch_size: int = 256) -> FitReport:
     """Encode -> decode ``data`` and compare with the original field."""
-    was_training = codec.training
-    codec.eval()
     streams, recon, mse = [], [], []
     for start in range(0, len(data), batch_size):
         batch = data[start:start + batch_size]
-        out = codec(batch)
-        mse.append(codec.reconstruction_loss(out) * len(batch))
         stream = codec.encode(batch)
+        decoded = codec.decode(stream, **codec.passthrough_fields(batch))
+        # error in the codec's own (normalised) space, as minimised by fit_codec
+        out = CodecOutput(codec.preprocess(batch), codec.preprocess(decoded), stream.ids, torch.zeros(()))
+        mse.append(codec.reconstruction_loss(out) * len(batch))
         streams.append(stream)
-        recon.append(getattr(codec.decode(stream, **_other_fields(codec, batch)), codec.field))
-    codec.train(was_training)
+        recon.append(getattr(decoded, codec.field))
     x = getattr(data, codec.field).float()
     x_hat = torch.cat(recon).float()
     err = (x_hat - x).transpose(0, 1).flatten(1)  # (c, everything else)

@@ -98,11 +98,6 @@ def check_modality(cls: type[Modality], *, batch_size: int = 3) -> None:
                 pass
 
 
-def _other_fields(codec: Codec, m: Modality) -> dict[str, Any]:
-    return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)
-            if f.init and f.name != codec.field}
-
-
 def _same(a: TokenStream, b: TokenStream) -> bool:
     if a.is_discrete:
         return torch.equal(a.ids, b.ids)
@@ -140,24 +135,24 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
     for i in range(b):
         _require(_same(codec.encode(ex[i]), s[i]),
                  f"{name}: sample {i} encodes differently alone than in a batch (batch-dependent codec)")
-    out = codec.decode(s, **_other_fields(codec, ex))
+    out = codec.decode(s, **codec.passthrough_fields(ex))
     _require(type(out) is codec.modality, f"{name}: decode returned {type(out).__name__}, "
              f"expected {codec.modality.__name__}")
     x, y = getattr(ex, codec.field), getattr(out, codec.field)
     _require(tuple(y.shape) == tuple(x.shape), f"{name}: decoded {codec.field} has shape "
              f"{tuple(y.shape)}, input had {tuple(x.shape)}")
     _require(bool(torch.isfinite(y).all()), f"{name}: decoded values are not finite")
-    again = getattr(codec.decode(s, **_other_fields(codec, ex)), codec.field)
+    again = getattr(codec.decode(s, **codec.passthrough_fields(ex)), codec.field)
     _require(torch.equal(y, again), f"{name}: decode is not deterministic")
     with tempfile.TemporaryDirectory() as tmp:
         codec.save_pretrained(tmp)
         loaded = type(codec).from_pretrained(tmp, modality=codec.modality)
         _require(loaded.fingerprint() == codec.fingerprint(), f"{name}: fingerprint changed on save/load")
         _require(_same(loaded.encode(ex), s), f"{name}: reloaded codec encodes differently")
-        y2 = getattr(loaded.decode(s, **_other_fields(codec, ex)), codec.field)
+        y2 = getattr(loaded.decode(s, **codec.passthrough_fields(ex)), codec.field)
         _require(torch.allclose(y, y2, atol=1e-5, rtol=1e-4), f"{name}: reloaded codec decodes differently")
     # bad input must be a clear mmtok error, never a raw torch traceback
-    bad = dict(_other_fields(codec, ex), **{codec.field: _bad_shape(x)})
+    bad = dict(codec.passthrough_fields(ex), **{codec.field: _bad_shape(x)})
     try:
         codec.encode(codec.modality(**bad))
     except MmtokError as err:
