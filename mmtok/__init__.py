@@ -10,11 +10,12 @@ from mmtok.hookspecs import BundleSpec, CodecSpec, HeadSpec, PretrainedSpec, Rea
 from mmtok.modality import Modality
 from mmtok.plugins import get_plugin_manager
 from mmtok.registry import Registry
+from mmtok.shards import TokenShards
 from mmtok.tokens import TokenBatch, TokenStream
 
 __all__ = [
     "__version__", "Modality", "ModalityError", "Codec", "CodecConfig", "CodecOutput",
     "CodecError", "MmtokError", "PluginError", "RegistryError", "TokenStream", "TokenBatch",
     "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec", "PretrainedSpec",
-    "get_plugin_manager", "Registry", "fit_codec", "FitReport", "codebook_usage",
+    "get_plugin_manager", "Registry", "TokenShards", "fit_codec", "FitReport", "codebook_usage",
 ]

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from mmtok.errors import MmtokError
 
 __all__ = ["main"]
@@ -63,6 +65,134 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape_checker(registry_path: Path | None):
+    """check_shape(key, modality) against every stream of that modality in the registry."""
+    if registry_path is None:
+        return None
+    from mmtok.registry import Registry
+
+    registry = Registry.load(registry_path)
+    by_modality: dict[str, list] = {}
+    for key, entry in registry.streams.items():
+        by_modality.setdefault(entry.modality, []).append(key)
+
+    def check(modality_key: str, m) -> None:
+        for key in by_modality.get(modality_key, []):
+            registry.codec(key).preprocess(m)  # raises ModalityError on a shape the codec can't take
+
+    return check
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mmtok.manifest import Manifest
+
+    manifest = Manifest.load(args.manifest, allow_absolute=args.allow_absolute)
+    problems = manifest.validate(check_shape=_shape_checker(args.registry))
+    for p in problems:
+        print(f"{args.manifest}: {p}", file=sys.stderr)
+    n = len(manifest.samples) + len({p.sample for p in manifest.problems})
+    if problems:
+        print(f"{len(problems)} problem(s) in {n} samples", file=sys.stderr)
+        return 1
+    kinds = sorted({k for s in manifest.samples for k in s.modalities})
+    print(f"{args.manifest}: {n} samples, modalities {', '.join(kinds)}: all valid")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from mmtok.encode import encode_manifest
+
+    summary = encode_manifest(args.manifest, args.out, registry_path=args.registry,
+                              batch_size=args.batch_size, workers=args.workers, on_error=args.on_error,
+                              resume=args.resume, shard_size=args.shard_size, streams=args.stream,
+                              allow_absolute=args.allow_absolute, progress=not args.quiet)
+    if summary is None:  # a non-zero rank under torchrun
+        return 0
+    print(f"encoded {summary.samples} samples into {summary.out} in {summary.seconds:.1f} s "
+          f"({summary.samples / max(summary.seconds, 1e-9):.0f} samples/s)")
+    print(summary.table())
+    for s in summary.skipped:
+        reasons = "; ".join(f"{p['key']}: {p['reason']}" for p in s["problems"])
+        print(f"skipped sample {s['id']!r}: {reasons}", file=sys.stderr)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mmtok.codec import atomic_write
+    from mmtok.registry import Registry
+    from mmtok.shards import TokenShards
+
+    shards = TokenShards(args.dir)
+    stream = shards.stream(args.sample, args.stream)
+    registry = Registry.load(args.registry or shards.index["registry"])
+    codec = registry.codec(args.stream)
+    if codec.fingerprint() != stream.fingerprint:
+        raise MmtokError(f"stream {args.stream!r} was encoded by codec {stream.fingerprint}, but the "
+                         f"registry now gives {codec.fingerprint()}; decode with the registry used "
+                         "for encoding (--registry)")
+    decoded = codec.decode(stream)
+    array = getattr(decoded, codec.field)[0].numpy()
+    out = Path(args.out)
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:  # np.save(path) would append ".npy" to the temporary name
+            np.save(fh, array)
+
+    atomic_write(out, write)
+    print(f"{args.sample} {args.stream} -> {out} ({decoded.__class__.__name__}.{codec.field}, "
+          f"shape {array.shape})")
+    return 0
+
+
+def cmd_fit_codec(args: argparse.Namespace) -> int:
+    from mmtok.fit import fit_codec
+    from mmtok.manifest import Manifest, SampleError
+    from mmtok.plugins import get_plugin_manager
+    from mmtok.registry import Registry
+
+    registry = Registry.load(args.registry)
+    if args.stream not in registry.streams:
+        raise MmtokError(f"no stream {args.stream!r} in {args.registry}; streams are {sorted(registry.streams)}")
+    entry = registry.streams[args.stream]
+    manager = get_plugin_manager()
+    codec = manager.codec_spec(entry.codec).build(entry.config, modality=manager.modality(entry.modality))
+    manifest = Manifest.load(args.manifest, allow_absolute=args.allow_absolute)
+    items, problems = [], []
+    for sample in manifest.samples:
+        if entry.modality in sample.modalities:
+            try:
+                items.append(manifest.load_modality(sample, entry.modality, manager))
+            except SampleError as err:
+                problems.append(str(err))
+    for p in problems:
+        print(f"{args.manifest}: {p}", file=sys.stderr)
+    if problems:
+        return 1
+    if len(items) < 2:
+        raise MmtokError(f"{args.manifest}: only {len(items)} sample(s) have {entry.modality!r}; "
+                         "need at least 2 to fit a codec")
+    shapes = {tuple(getattr(m, codec.field).shape[1:]) for m in items}
+    if len(shapes) > 1:
+        raise MmtokError(f"{entry.modality!r} samples have different shapes {sorted(shapes)}; "
+                         "resample or crop them to one shape first")
+    data = codec.modality.collate(items)
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
+    n_val = int(round(args.val_fraction * len(data)))
+    val = data[perm[:n_val]] if n_val else None
+    train = data[perm[n_val:]]
+    report = fit_codec(codec, train, val=val, steps=args.steps, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed, progress=not args.quiet)
+    out = codec.save_pretrained(args.out)
+    from mmtok.shards import write_json
+
+    write_json(out / "metrics.json", {"train_samples": len(train), "val_samples": n_val, **report.to_dict()})
+    print(f"{args.stream}: {report.summary()} ({'held-out' if n_val else 'training'} data, "
+          f"{len(train)} train / {n_val} held-out samples)")
+    print(f"wrote {out}; point registry.yaml at it:\n  {args.stream}:\n    checkpoint: {json.dumps(str(out))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmtok import __version__
 
@@ -79,6 +209,49 @@ def build_parser() -> argparse.ArgumentParser:
     c = rsub.add_parser("check", help="resolve every stream and bundle; non-zero exit on problems")
     c.add_argument("--registry", type=Path, default=Path("registry.yaml"))
     c.set_defaults(func=cmd_registry_check)
+
+    p = sub.add_parser("validate", help="check a manifest without running codecs; one line per problem")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--registry", type=Path, default=None,
+                   help="also check per-sample shapes against the registry's codecs")
+    p.add_argument("--allow-absolute", action="store_true", help="permit absolute paths in the manifest")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("encode", help="manifest -> token shards (safetensors) + index")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--registry", type=Path, default=Path("registry.yaml"))
+    p.add_argument("--stream", action="append", help="encode only these streams (repeatable)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per shard")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    p.add_argument("--allow-absolute", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="tokens of one sample and stream -> .npy")
+    p.add_argument("dir", type=Path, help="an `mmtok encode` output folder")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--stream", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--registry", type=Path, default=None, help="default: the one used for encoding")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("fit-codec", help="train a stream's codec on the manifest's data")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--stream", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--registry", type=Path, default=Path("registry.yaml"))
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-absolute", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fit_codec)
 
     p = sub.add_parser("new-plugin", help="scaffold a pip-installable plugin package")
     p.add_argument("name")

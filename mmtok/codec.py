@@ -68,6 +68,8 @@ def atomic_write(path: Path, write) -> None:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
     try:
         write(Path(tmp))
+        with open(tmp, "rb") as fh:  # durable before it becomes visible under its real name
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,289 @@
+"""``mmtok encode``: manifest -> token shards, batched per stream, resumable, multi-process.
+
+Samples are split, in manifest order, into shards of ``shard_size``. Each shard is loaded
+lazily by DataLoader workers (one manifest sample per item), its modalities are bucketed per
+stream by shape, encoded in batches of ``batch_size`` under ``torch.inference_mode()``, and
+written atomically (see `mmtok.shards`). A shard is a pure function of its samples and the
+codecs, so:
+
+* ``--resume`` skips finished shards and the result is byte-identical to an uninterrupted run;
+* under ``torchrun`` rank r encodes shards r, r + W, ...; rank 0 merges the index, and the
+  output equals the single-process one.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmtok.errors import MmtokError
+from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError
+from mmtok.modality import Modality
+from mmtok.registry import Registry
+from mmtok.shards import INDEX, read_json, shard_name, write_json, write_shard
+
+__all__ = ["EncodeError", "encode_manifest", "EncodeSummary"]
+
+
+class EncodeError(MmtokError, RuntimeError):
+    """Encoding stopped (``--on-error fail``) or cannot start."""
+
+
+@dataclasses.dataclass
+class EncodeSummary:
+    out: Path
+    samples: int
+    skipped: list[dict]
+    streams: dict[str, dict]  # key -> samples, tokens, codes_used, usage
+    seconds: float
+
+    def table(self) -> str:
+        lines = ["| stream | samples | tokens | codebook used |", "|---|---:|---:|---:|"]
+        for key, s in self.streams.items():
+            used = "continuous" if s["usage"] is None else f"{s['codes_used']} ({100 * s['usage']:.1f}%)"
+            lines.append(f"| {key} | {s['samples']} | {s['tokens']} | {used} |")
+        return "\n".join(lines)
+
+
+class _SampleDataset(Dataset):
+    """Item i -> (row, sample id, {modality: single-sample Modality}, [(key, reason)])."""
+
+    def __init__(self, manifest: Manifest, rows: list[tuple[int, SampleEntry]], modalities: set[str]):
+        self.manifest, self.rows, self.modalities = manifest, rows, modalities
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from mmtok.plugins import get_plugin_manager
+
+        row, sample = self.rows[i]
+        loaded, problems = {}, []
+        manager = get_plugin_manager()
+        for key in sample.modalities:
+            if key not in self.modalities:  # known but not encoded here: fine; unknown: a problem
+                if key not in manager.tables["modalities"]:
+                    problems.append((key, f"no modality named {key!r} is installed"))
+                continue
+            try:
+                loaded[key] = self.manifest.load_modality(sample, key, manager)
+            except SampleError as err:
+                problems.append((err.key or key, err.reason))
+        return row, sample.id, loaded, problems
+
+
+def _signature(m: Modality) -> tuple:
+    """Samples with the same signature can be collated into one batch."""
+    parts = []
+    for f in dataclasses.fields(m):
+        v = getattr(m, f.name)
+        parts.append((f.name, tuple(v.shape[1:]) if isinstance(v, torch.Tensor) else repr(v)))
+    return tuple(parts)
+
+
+def _dist():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank(), dist.get_world_size(), dist
+    return 0, 1, None
+
+
+def _stream_info(key: str, registry: Registry, codec) -> dict:
+    entry = registry.streams[key]
+    return {"modality": entry.modality, "codec": codec.name, "fingerprint": codec.fingerprint(),
+            "checkpoint": entry.checkpoint, "vocab_size": codec.vocab_size, "grid": list(codec.grid),
+            "num_tokens": codec.num_tokens}
+
+
+def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path: str | Path,
+                    batch_size: int = 64, workers: int = 0, on_error: str = "fail",
+                    resume: bool = False, shard_size: int = 1024, streams: list[str] | None = None,
+                    allow_absolute: bool = False, progress: bool = True) -> EncodeSummary:
+    """Encode every sample of the manifest into token shards under ``out``."""
+    if on_error not in ("fail", "skip"):
+        raise EncodeError(f"--on-error must be 'fail' or 'skip', found {on_error!r}")
+    if batch_size < 1 or shard_size < 1:
+        raise EncodeError("--batch-size and --shard-size must be >= 1")
+    start = time.perf_counter()
+    rank, world, dist = _dist()
+    out = Path(out)
+    manifest = Manifest.load(manifest_path, allow_absolute=allow_absolute)
+    registry = Registry.load(registry_path)
+    keys = streams or list(registry.streams)
+    unknown = [k for k in keys if k not in registry.streams]
+    if unknown:
+        raise EncodeError(f"unknown stream(s) {unknown}; {registry_path} declares {sorted(registry.streams)}")
+    problems = [p for p in registry.check()
+                if p.where.startswith("streams.") and p.where.split(".")[1] in keys]
+    if problems:
+        raise EncodeError("\n".join(f"{registry_path}: {p}" for p in problems))
+    codecs = {}
+    for key in keys:
+        if not registry.streams[key].checkpoint:
+            raise EncodeError(f"{registry_path}: stream {key!r} has no checkpoint; an unfitted codec "
+                              f"would emit meaningless tokens. Run `mmtok fit-codec {manifest_path} "
+                              f"--stream {key} --out DIR` and set `checkpoint: DIR`")
+        codecs[key] = registry.codec(key).eval()
+    info = {k: _stream_info(k, registry, c) for k, c in codecs.items()}
+    by_modality = collections.defaultdict(list)
+    for key in keys:
+        by_modality[info[key]["modality"]].append(key)
+
+    # samples that fail the schema or repeat an id are problems before any loading
+    upfront: dict[str, list[ManifestProblem]] = collections.defaultdict(list)
+    for p in manifest.problems:
+        upfront[p.sample].append(p)
+    repeats = collections.Counter(s.id for s in manifest.samples)
+    rows = []
+    for sample in manifest.samples:  # a repeated id is ambiguous: none of its samples is encoded
+        if repeats[sample.id] > 1:
+            if not upfront[sample.id]:
+                upfront[sample.id].append(ManifestProblem(
+                    sample.id, "id", f"duplicate id ({repeats[sample.id]} samples share it)"))
+            continue
+        rows.append(sample)
+    if upfront and on_error == "fail":
+        raise EncodeError(str(next(iter(upfront.values()))[0]))
+
+    run = {"manifest_sha256": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
+           "streams": info, "shard_size": shard_size, "batch_size": batch_size, "on_error": on_error}
+    shard_dir = out / "shards"
+    if rank == 0:
+        if (out / "run.json").exists():
+            if not resume:
+                raise EncodeError(f"{out} already holds an encode run; pass --resume to finish it or "
+                                  "choose another --out")
+            if read_json(out / "run.json") != run:
+                raise EncodeError(f"{out} holds a run with another manifest, registry or settings; "
+                                  "cannot resume it")
+        out.mkdir(parents=True, exist_ok=True)
+        shard_dir.mkdir(exist_ok=True)
+        for stale in shard_dir.glob(".*.tmp"):  # left by a killed run
+            stale.unlink()
+        write_json(out / "run.json", run)
+    if dist is not None:
+        dist.barrier()
+
+    shards = [list(enumerate(rows[i:i + shard_size], start=i)) for i in range(0, len(rows), shard_size)]
+    mine = [i for i in range(len(shards)) if i % world == rank]
+    todo = [i for i in mine if not (shard_dir / f"{shard_name(i)}.json").exists()]
+    bar = tqdm(total=sum(len(shards[i]) for i in todo), unit="sample", disable=not progress or rank != 0,
+               desc="encode")
+    for i in todo:
+        _encode_shard(i, shards[i], manifest, codecs, by_modality, shard_dir, batch_size, workers,
+                      on_error, bar)
+    bar.close()
+    if dist is not None:
+        dist.barrier()
+    summary = None
+    if rank == 0:
+        summary = _merge(out, manifest_path, registry_path, len(shards), info, upfront, start)
+    if dist is not None:
+        dist.barrier()
+    return summary
+
+
+def _encode_shard(index: int, rows: list[tuple[int, SampleEntry]], manifest: Manifest, codecs: dict,
+                  by_modality: dict[str, list[str]], shard_dir: Path, batch_size: int, workers: int,
+                  on_error: str, bar) -> None:
+    data = _SampleDataset(manifest, rows, set(by_modality))
+    loader = DataLoader(data, batch_size=None, num_workers=workers, collate_fn=lambda x: x,
+                        persistent_workers=False)
+    good: list[tuple[int, str, dict]] = []
+    skipped = []
+    for row, sid, loaded, problems in loader:
+        bar.update(1)
+        if problems:
+            if on_error == "fail":
+                key, reason = problems[0]
+                raise EncodeError(str(ManifestProblem(sid, key, reason)))
+            skipped.append({"id": sid, "problems": [{"key": k, "reason": r} for k, r in problems]})
+            continue
+        good.append((row, sid, loaded))
+    n = len(good)
+    tensors: dict[str, torch.Tensor] = {}
+    present_streams: list[list[str]] = [[] for _ in range(n)]
+    for modality, keys in by_modality.items():
+        buckets = collections.defaultdict(list)  # signature -> [(position in shard, modality)]
+        for pos, (_, _, loaded) in enumerate(good):
+            if modality in loaded:
+                buckets[_signature(loaded[modality])].append((pos, loaded[modality]))
+        for key in keys:
+            codec = codecs[key]
+            present = torch.zeros(n, dtype=torch.bool)
+            tokens = None
+            for members in buckets.values():
+                for b in range(0, len(members), batch_size):
+                    chunk = members[b:b + batch_size]
+                    batch = type(chunk[0][1]).collate([m for _, m in chunk])
+                    try:
+                        with torch.inference_mode():
+                            stream = codec.encode(batch)
+                    except MmtokError as err:
+                        raise EncodeError(f"stream {key!r}, samples {[good[p][1] for p, _ in chunk][:5]}: "
+                                          f"{err}") from None
+                    t = stream.ids.to(torch.int32) if stream.is_discrete else stream.values.float()
+                    if tokens is None:
+                        tokens = torch.zeros((n, *t.shape[1:]), dtype=t.dtype)
+                    pos = torch.tensor([p for p, _ in chunk])
+                    tokens[pos] = t
+                    present[pos] = True
+                    for p, _ in chunk:
+                        present_streams[p].append(key)
+            if tokens is None:  # nobody in this shard has the stream
+                shape = (n, codec.num_tokens) if codec.is_discrete else (n, codec.num_tokens, codec.quantizer.dim)
+                tokens = torch.zeros(shape, dtype=torch.int32 if codec.is_discrete else torch.float32)
+            tokens_name = f"{key}/ids" if codec.is_discrete else f"{key}/values"
+            tensors[tokens_name] = tokens
+            tensors[f"{key}/present"] = present
+    sidecar = {"shard": index, "samples": [{"id": sid, "row": r, "streams": sorted(s)}
+                                           for r, ((_, sid, _), s) in enumerate(zip(good, present_streams))],
+               "skipped": skipped}
+    write_shard(shard_dir, index, tensors, sidecar)
+
+
+def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, upfront: dict,
+           start: float) -> EncodeSummary:
+    samples, skipped = [], [
+        {"id": sid, "problems": [{"key": p.key, "reason": p.reason} for p in ps]}
+        for sid, ps in upfront.items()]
+    counts = {k: {"samples": 0, "hist": None} for k in info}
+    for i in range(n_shards):
+        side = read_json(out / "shards" / f"{shard_name(i)}.json")
+        skipped += side["skipped"]
+        for s in side["samples"]:
+            samples.append({"id": s["id"], "shard": i, "row": s["row"], "streams": s["streams"]})
+        with safe_open(str(out / "shards" / f"{shard_name(i)}.safetensors"), "pt") as f:
+            for key, meta in info.items():
+                present = f.get_tensor(f"{key}/present")
+                counts[key]["samples"] += int(present.sum())
+                if meta["vocab_size"] is not None and bool(present.any()):
+                    ids = f.get_tensor(f"{key}/ids")[present].long().reshape(-1)
+                    h = torch.bincount(ids, minlength=meta["vocab_size"])
+                    counts[key]["hist"] = h if counts[key]["hist"] is None else counts[key]["hist"] + h
+    stream_stats = {}
+    for key, meta in info.items():
+        h = counts[key]["hist"]
+        used = None if h is None else int((h > 0).sum())
+        stream_stats[key] = {"samples": counts[key]["samples"],
+                             "tokens": counts[key]["samples"] * meta["num_tokens"],
+                             "codes_used": used,
+                             "usage": None if used is None else used / meta["vocab_size"]}
+    index = {"version": 1, "manifest": str(Path(manifest_path).name),
+             "registry": str(Path(registry_path).resolve()), "streams": info,
+             "shards": [f"shards/{shard_name(i)}.safetensors" for i in range(n_shards)],
+             "samples": samples, "skipped": skipped, "counts": stream_stats}
+    write_json(out / INDEX, index)
+    return EncodeSummary(out=out, samples=len(samples), skipped=skipped, streams=stream_stats,
+                         seconds=time.perf_counter() - start)
+

@@ -1,0 +1,286 @@
+"""`manifest.json`: which samples exist and where each of their modalities lives.
+
+```json
+{
+  "version": 1,
+  "tables": {"patients": {"path": "tables/patients.csv", "key": "patient_id"}},
+  "samples": [
+    {"id": "p001",
+     "modalities": {
+       "patient_demographics": {"table": "patients", "row": "p001"},
+       "hsc_image": "cutouts/p001.fits",
+       "time_series": {"path": "series/p001.npz", "fields": {"values": "ecg"}}},
+     "metadata": {"site": "A"}}
+  ]
+}
+```
+
+A sample has an ``id`` and any subset of modality entries, keyed by modality name. An entry is
+a file path (string shorthand or ``{"path": ...}``, read by the plugin reader for its suffix,
+with an optional ``fields`` map from modality field to reader key), or a row of a table declared
+once under ``tables`` (``row`` is the value of the table's ``key`` column, or a 0-based index
+when the table has no key). Paths are relative to the manifest's folder and may not leave it;
+absolute paths are refused unless explicitly allowed.
+
+Problems are collected, never raised one by one: `Manifest.validate` returns every problem as a
+`ManifestProblem` naming the sample, the key and the reason.
+"""
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmtok.errors import MmtokError
+from mmtok.modality import Modality
+
+__all__ = ["Manifest", "ManifestError", "ManifestProblem", "SampleError", "ModalityEntry",
+           "SampleEntry", "TableEntry"]
+
+
+class ManifestError(MmtokError, ValueError):
+    """The manifest as a whole cannot be used (unreadable, invalid JSON, broken top level)."""
+
+
+class SampleError(MmtokError, ValueError):
+    """One modality of one sample cannot be loaded."""
+
+    def __init__(self, sample: str | None, key: str | None, reason: str):
+        self.sample, self.key, self.reason = sample, key, reason
+        super().__init__(str(ManifestProblem(sample, key, reason)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestProblem:
+    sample: str | None  # sample id (or "#index" when it has none)
+    key: str | None  # modality key, "id", "tables.<name>" ...
+    reason: str
+
+    def __str__(self) -> str:
+        where = ", ".join(p for p in (f"sample {self.sample!r}" if self.sample else None,
+                                      self.key) if p)
+        return f"{where}: {self.reason}" if where else self.reason
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TableEntry(_Strict):
+    path: str
+    key: str | None = Field(None, description="column whose values identify rows")
+
+
+class ModalityEntry(_Strict):
+    path: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict, description="modality field -> reader key")
+    table: str | None = None
+    row: int | str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.table is None):
+            raise ValueError("give exactly one of 'path' or 'table'")
+        if self.table is not None and self.row is None:
+            raise ValueError("a table entry needs 'row'")
+        if self.table is None and self.row is not None:
+            raise ValueError("'row' only applies to table entries")
+        return self
+
+
+class SampleEntry(_Strict):
+    id: str = Field(min_length=1)
+    modalities: dict[str, ModalityEntry] = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class _TopLevel(_Strict):
+    version: int = 1
+    tables: dict[str, TableEntry] = Field(default_factory=dict)
+    samples: list[Any] = Field(min_length=1)
+
+
+def _pydantic_reason(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        out.append((loc, e["msg"]))
+    return out
+
+
+class Manifest:
+    """A parsed manifest. ``samples`` holds the entries that passed the schema; the others are in
+    ``problems``. Load modalities with `load_modality`, check everything with `validate`."""
+
+    def __init__(self, path: Path, top: _TopLevel, samples: list[SampleEntry],
+                 problems: list[ManifestProblem], *, allow_absolute: bool = False):
+        self.path = path
+        self.root = path.parent.resolve()
+        self.tables = top.tables
+        self.samples = samples
+        self.problems = problems
+        self.allow_absolute = allow_absolute
+        self._table_cache: dict[str, tuple[dict, dict | None]] = {}
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, allow_absolute: bool = False) -> "Manifest":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ManifestError(f"{path}: cannot read manifest ({err.strerror})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: "
+                                f"{err.msg}") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: expected a JSON object with 'samples', found {type(data).__name__}")
+        try:
+            top = _TopLevel.model_validate(data)
+        except ValidationError as err:
+            lines = [f"{path}: {loc}: {msg}" for loc, msg in _pydantic_reason(err)]
+            raise ManifestError("\n".join(lines)) from None
+        samples, problems = [], []
+        for i, raw in enumerate(top.samples):
+            sid = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+            label = sid or f"#{i}"
+            try:
+                samples.append(SampleEntry.model_validate(raw))
+            except ValidationError as err:
+                for loc, msg in _pydantic_reason(err):
+                    key = loc.removeprefix("modalities.") if loc else None
+                    problems.append(ManifestProblem(label, key or None, msg))
+        return cls(path, top, samples, problems, allow_absolute=allow_absolute)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    # ------------------------------------------------------------------ paths and tables
+    def resolve(self, rel: str, *, sample: str | None, key: str | None) -> Path:
+        """Path of ``rel`` under the manifest's folder; never outside it."""
+        p = Path(rel)
+        if p.is_absolute() and not self.allow_absolute:
+            raise SampleError(sample, key, f"absolute path {rel!r} not allowed (paths are relative "
+                              "to the manifest's folder; pass --allow-absolute to permit them)")
+        full = (p if p.is_absolute() else self.root / p).resolve()
+        if not p.is_absolute() and not full.is_relative_to(self.root):
+            raise SampleError(sample, key, f"path {rel!r} escapes the manifest's folder {self.root}")
+        if not full.is_file():
+            raise SampleError(sample, key, f"file not found: {rel}")
+        return full
+
+    def _read(self, full: Path, rel: str, *, sample: str | None, key: str | None, manager) -> dict:
+        try:
+            reader = manager.reader_for(full)
+        except MmtokError as err:
+            raise SampleError(sample, key, str(err)) from None
+        try:
+            record = reader.read(full)
+        except Exception as err:  # noqa: BLE001 - any reader failure is this sample's problem
+            msg = str(err).replace(str(full), rel)
+            raise SampleError(sample, key, f"cannot read {rel} with the {reader.name!r} reader: "
+                              f"{type(err).__name__}: {msg}") from None
+        if not isinstance(record, dict):
+            raise SampleError(sample, key, f"reader {reader.name!r} returned {type(record).__name__}")
+        return record
+
+    def table(self, name: str, manager) -> tuple[dict, dict | None]:
+        """(columns, key value -> row index or None) of a declared table, read once."""
+        if name not in self._table_cache:
+            decl = self.tables[name]
+            where = f"tables.{name}"
+            full = self.resolve(decl.path, sample=None, key=where)
+            columns = self._read(full, decl.path, sample=None, key=where, manager=manager)
+            lookup = None
+            if decl.key is not None:
+                if decl.key not in columns:
+                    raise SampleError(None, where, f"key column {decl.key!r} not in {decl.path}; "
+                                      f"columns are {sorted(columns)}")
+                keys = [str(v) for v in columns[decl.key]]
+                dupes = sorted(k for k, n in Counter(keys).items() if n > 1)
+                if dupes:
+                    raise SampleError(None, where, f"key column {decl.key!r} repeats {dupes[:5]}")
+                lookup = {k: i for i, k in enumerate(keys)}
+                columns = {c: v for c, v in columns.items() if c != decl.key}
+            self._table_cache[name] = (columns, lookup)
+        return self._table_cache[name]
+
+    # ------------------------------------------------------------------ loading
+    def record(self, sample: SampleEntry, key: str, manager) -> dict:
+        """What the reader gives for one entry, after the ``fields`` mapping."""
+        entry = sample.modalities[key]
+        if entry.table is not None:
+            if entry.table not in self.tables:
+                raise SampleError(sample.id, key, f"unknown table {entry.table!r}; declared: "
+                                  f"{sorted(self.tables) or 'none'}")
+            columns, lookup = self.table(entry.table, manager)
+            n = len(next(iter(columns.values()))) if columns else 0
+            if lookup is not None:
+                if str(entry.row) not in lookup:
+                    raise SampleError(sample.id, key, f"row {entry.row!r} not found in table "
+                                      f"{entry.table!r} (key column {self.tables[entry.table].key!r})")
+                index = lookup[str(entry.row)]
+            else:
+                if not isinstance(entry.row, int) or not 0 <= entry.row < n:
+                    raise SampleError(sample.id, key, f"row {entry.row!r} out of range for table "
+                                      f"{entry.table!r} with {n} rows (0-based)")
+                index = entry.row
+            record = {c: v[index] for c, v in columns.items()}
+        else:
+            full = self.resolve(entry.path, sample=sample.id, key=key)
+            record = self._read(full, entry.path, sample=sample.id, key=key, manager=manager)
+        if entry.fields:
+            missing = sorted(src for src in entry.fields.values() if src not in record)
+            if missing:
+                raise SampleError(sample.id, key, f"{entry.path or entry.table} has no {missing}; "
+                                  f"it has {sorted(record)}")
+            record = {field: record[src] for field, src in entry.fields.items()}
+        return record
+
+    def load_modality(self, sample: SampleEntry, key: str, manager) -> Modality:
+        """One modality of one sample, as a batch of one. Raises `SampleError`."""
+        try:
+            cls = manager.modality(key)
+        except MmtokError as err:
+            raise SampleError(sample.id, key, str(err)) from None
+        record = self.record(sample, key, manager)
+        try:
+            return cls.from_record(record, sample_id=sample.id)
+        except MmtokError as err:
+            reason = str(err).removeprefix(f"sample {sample.id!r}: ")
+            raise SampleError(sample.id, key, reason) from None
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, manager=None, *, check_shape=None) -> list[ManifestProblem]:
+        """Every problem that can be found without running a codec. ``check_shape(key, m)``
+        may add codec-level shape checks (it raises an MmtokError on a mismatch)."""
+        from mmtok.plugins import get_plugin_manager
+
+        manager = manager or get_plugin_manager()
+        problems = list(self.problems)
+        for sid, n in Counter(s.id for s in self.samples).items():
+            if n > 1:
+                problems.append(ManifestProblem(sid, "id", f"duplicate id ({n} samples share it)"))
+        for sample in self.samples:
+            for key in sample.modalities:
+                try:
+                    m = self.load_modality(sample, key, manager)
+                    if check_shape is not None:
+                        check_shape(key, m)
+                except SampleError as err:
+                    problems.append(ManifestProblem(err.sample, err.key, err.reason))
+                except MmtokError as err:
+                    problems.append(ManifestProblem(sample.id, key, str(err)))
+        return list(dict.fromkeys(problems))  # a broken table is reported once
