@@ -53,18 +53,18 @@ class EncodeSummary:
 
 
 class _SampleDataset(Dataset):
-    """Item i -> (row, sample id, {modality: single-sample Modality}, [(key, reason)])."""
+    """Item i -> (shard, row, sample id, {modality: single-sample Modality}, [(key, reason)])."""
 
-    def __init__(self, manifest: Manifest, rows: list[tuple[int, SampleEntry]], modalities: set[str]):
-        self.manifest, self.rows, self.modalities = manifest, rows, modalities
+    def __init__(self, manifest: Manifest, items: list[tuple[int, int, SampleEntry]], modalities: set[str]):
+        self.manifest, self.items, self.modalities = manifest, items, modalities
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.items)
 
     def __getitem__(self, i: int):
         from mmtok.plugins import get_plugin_manager
 
-        row, sample = self.rows[i]
+        shard, row, sample = self.items[i]
         loaded, problems = {}, []
         manager = get_plugin_manager()
         for key in sample.modalities:
@@ -76,7 +76,7 @@ class _SampleDataset(Dataset):
                 loaded[key] = self.manifest.load_modality(sample, key, manager)
             except SampleError as err:
                 problems.append((err.key or key, err.reason))
-        return row, sample.id, loaded, problems
+        return shard, row, sample.id, loaded, problems
 
 
 def _signature(m: Modality) -> tuple:
@@ -179,9 +179,24 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     todo = [i for i in mine if not (shard_dir / f"{shard_name(i)}.json").exists()]
     bar = tqdm(total=sum(len(shards[i]) for i in todo), unit="sample", disable=not progress or rank != 0,
                desc="encode")
-    for i in todo:
-        _encode_shard(i, shards[i], manifest, codecs, by_modality, shard_dir, batch_size, workers,
-                      on_error, bar)
+    # one loader over all of this rank's unfinished shards (workers start once); samples arrive
+    # in order, so a shard is complete when the next one begins
+    items = [(i, row, sample) for i in todo for row, sample in shards[i]]
+    loader = DataLoader(_SampleDataset(manifest, items, set(by_modality)), batch_size=None,
+                        num_workers=workers, collate_fn=lambda x: x)
+    current, pending = None, []
+    for shard, row, sid, loaded, problems in loader:
+        bar.update(1)
+        if problems and on_error == "fail":
+            key, reason = problems[0]
+            raise EncodeError(str(ManifestProblem(sid, key, reason)))
+        if current is not None and shard != current:
+            _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size)
+            pending = []
+        current = shard
+        pending.append((row, sid, loaded, problems))
+    if current is not None:
+        _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size)
     bar.close()
     if dist is not None:
         dist.barrier()
@@ -193,23 +208,12 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     return summary
 
 
-def _encode_shard(index: int, rows: list[tuple[int, SampleEntry]], manifest: Manifest, codecs: dict,
-                  by_modality: dict[str, list[str]], shard_dir: Path, batch_size: int, workers: int,
-                  on_error: str, bar) -> None:
-    data = _SampleDataset(manifest, rows, set(by_modality))
-    loader = DataLoader(data, batch_size=None, num_workers=workers, collate_fn=lambda x: x,
-                        persistent_workers=False)
-    good: list[tuple[int, str, dict]] = []
-    skipped = []
-    for row, sid, loaded, problems in loader:
-        bar.update(1)
-        if problems:
-            if on_error == "fail":
-                key, reason = problems[0]
-                raise EncodeError(str(ManifestProblem(sid, key, reason)))
-            skipped.append({"id": sid, "problems": [{"key": k, "reason": r} for k, r in problems]})
-            continue
-        good.append((row, sid, loaded))
+def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: dict,
+                  by_modality: dict[str, list[str]], shard_dir: Path, batch_size: int) -> None:
+    """Encode the loaded samples of one shard, stream by stream, and write it."""
+    good = [(row, sid, loaded) for row, sid, loaded, problems in items if not problems]
+    skipped = [{"id": sid, "problems": [{"key": k, "reason": r} for k, r in problems]}
+               for _, sid, _, problems in items if problems]
     n = len(good)
     tensors: dict[str, torch.Tensor] = {}
     present_streams: list[list[str]] = [[] for _ in range(n)]
