@@ -176,6 +176,11 @@ def cmd_fit_codec(args: argparse.Namespace) -> int:
     if len(shapes) > 1:
         raise MmtokError(f"{entry.modality!r} samples have different shapes {sorted(shapes)}; "
                          "resample or crop them to one shape first")
+    # optional fields (e.g. a variance some files lack) are dropped where not every sample has them
+    partial = {f for f in codec.modality.tensor_fields()
+               if f != codec.field and len({getattr(m, f) is None for m in items}) > 1}
+    if partial:
+        items = [m.replace(**{f: None for f in partial}) for m in items]
     data = codec.modality.collate(items)
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
     n_val = int(round(args.val_fraction * len(data)))

@@ -16,7 +16,8 @@ from mmtok.codec import Codec, CodecOutput
 from mmtok.errors import CodecError
 from mmtok.modality import Modality
 
-__all__ = ["FitReport", "fit_codec", "evaluate_codec", "codebook_usage"]
+__all__ = ["FitReport", "fit_codec", "evaluate_codec", "evaluate_shards", "reconstruction_errors",
+           "codebook_usage"]
 
 
 def codebook_usage(ids: torch.Tensor, vocab_size: int) -> dict[str, float]:
@@ -56,6 +57,51 @@ class FitReport:
         return s
 
 
+def reconstruction_errors(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[float, float, list[float]]:
+    """(RMSE, nRMSE, RMSE per channel) of x_hat against x, both (n, c, ...). nRMSE divides each
+    channel's RMSE by that channel's standard deviation over the data, then averages channels."""
+    err = (x_hat.float() - x.float()).transpose(0, 1).flatten(1)  # (c, everything else)
+    ref = x.float().transpose(0, 1).flatten(1)
+    rmse_c = err.pow(2).mean(1).sqrt()
+    nrmse = (rmse_c / ref.std(1).clamp_min(1e-12)).mean()
+    return float(err.pow(2).mean().sqrt()), float(nrmse), [float(v) for v in rmse_c]
+
+
+@torch.no_grad()
+def evaluate_shards(tokens_dir, manifest_path, registry_path=None) -> dict[str, dict]:
+    """Decode every encoded sample of every stream in an ``mmtok encode`` output and compare it
+    with the original data from the manifest. Returns stream -> samples, rmse, nrmse,
+    rmse_per_channel, codes_used, usage."""
+    from mmtok.manifest import Manifest
+    from mmtok.plugins import get_plugin_manager
+    from mmtok.registry import Registry
+    from mmtok.shards import TokenShards
+
+    shards = TokenShards(tokens_dir)
+    registry = Registry.load(registry_path or shards.index["registry"])
+    manifest = Manifest.load(manifest_path)
+    manager = get_plugin_manager()
+    by_id = {s.id: s for s in manifest.samples}
+    out = {}
+    for key, info in shards.streams.items():
+        codec = registry.codec(key)
+        originals, decoded = [], []
+        for s in shards.index["samples"]:
+            if key in s["streams"]:
+                m = manifest.load_modality(by_id[s["id"]], info["modality"], manager)
+                originals.append(getattr(m, codec.field))
+                decoded.append(getattr(codec.decode(shards.stream(s["id"], key),
+                                                    **codec.passthrough_fields(m)), codec.field))
+        if not originals:
+            continue
+        rmse, nrmse, rmse_c = reconstruction_errors(torch.cat(originals), torch.cat(decoded))
+        counts = shards.index["counts"][key]
+        out[key] = {"samples": len(originals), "rmse": rmse, "nrmse": nrmse, "rmse_per_channel": rmse_c,
+                    "codes_used": counts["codes_used"], "usage": counts["usage"],
+                    "vocab_size": info["vocab_size"], "num_tokens": info["num_tokens"]}
+    return out
+
+
 @torch.no_grad()
 def evaluate_codec(codec: Codec, data: Modality, *, steps: int = 0, history=None,
                    batch_size: int = 256) -> FitReport:
@@ -70,18 +116,12 @@ def evaluate_codec(codec: Codec, data: Modality, *, steps: int = 0, history=None
         mse.append(codec.reconstruction_loss(out) * len(batch))
         streams.append(stream)
         recon.append(getattr(decoded, codec.field))
-    x = getattr(data, codec.field).float()
-    x_hat = torch.cat(recon).float()
-    err = (x_hat - x).transpose(0, 1).flatten(1)  # (c, everything else)
-    ref = x.transpose(0, 1).flatten(1)
-    rmse_c = err.pow(2).mean(1).sqrt()
-    nrmse = (rmse_c / ref.std(1).clamp_min(1e-12)).mean()
+    rmse, nrmse, rmse_c = reconstruction_errors(getattr(data, codec.field), torch.cat(recon))
     usage = {"perplexity": None, "codes_used": None, "usage": None}
     if codec.is_discrete:
         usage = codebook_usage(torch.cat([s.ids for s in streams]), codec.vocab_size)
     return FitReport(codec=codec.name, steps=steps, recon_mse=float(sum(mse) / len(data)),
-                     rmse=float(err.pow(2).mean().sqrt()), nrmse=float(nrmse),
-                     rmse_per_channel=[float(v) for v in rmse_c], vocab_size=codec.vocab_size,
+                     rmse=rmse, nrmse=nrmse, rmse_per_channel=rmse_c, vocab_size=codec.vocab_size,
                      num_tokens=codec.num_tokens, history=history or [], **usage)
 
 

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import mmtok
-from mmtok.manifest import Manifest
+from mmtok.fit import evaluate_shards
+from mmtok_plugin_tabular import LabResults, PatientDemographics, VitalSigns
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,28 +48,14 @@ def main() -> None:
               "--out", str(out / "p002_labs.npy"))
 
     # reconstruction of every encoded sample, per stream, against the original values
-    registry = mmtok.Registry.load(HERE / "registry.yaml")
-    manifest = Manifest.load(HERE / "manifest.json")
-    shards = mmtok.TokenShards(out / "tokens")
-    manager = mmtok.get_plugin_manager()
-    by_id = {s.id: s for s in manifest.samples}
+    columns = {m.name: m.columns for m in (PatientDemographics, VitalSigns, LabResults)}
+    modality = {k: e.modality for k, e in mmtok.Registry.load(HERE / "registry.yaml").streams.items()}
     print("\n| stream | samples | tokens/sample | vocab | codebook used | nRMSE | RMSE per column |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for key, info in shards.streams.items():
-        codec = registry.codec(key)
-        originals, decoded = [], []
-        for s in shards.index["samples"]:
-            if key not in s["streams"]:
-                continue
-            originals.append(manifest.load_modality(by_id[s["id"]], info["modality"], manager).values)
-            decoded.append(codec.decode(shards.stream(s["id"], key)).values)
-        x, y = torch.cat(originals), torch.cat(decoded)
-        rmse = (y - x).pow(2).mean(0).sqrt()
-        nrmse = float((rmse / x.std(0).clamp_min(1e-12)).mean())
-        cols = ", ".join(f"{c} {r:.3g}" for c, r in zip(codec.modality.columns, rmse.tolist(), strict=True))
-        c = shards.index["counts"][key]
-        print(f"| {key} | {len(x)} | {info['num_tokens']} | {info['vocab_size']} | "
-              f"{c['codes_used']} ({100 * c['usage']:.1f}%) | {nrmse:.3f} | {cols} |")
+    for key, r in evaluate_shards(out / "tokens", HERE / "manifest.json", HERE / "registry.yaml").items():
+        cols = ", ".join(f"{c} {v:.3g}" for c, v in zip(columns[modality[key]], r["rmse_per_channel"], strict=True))
+        print(f"| {key} | {r['samples']} | {r['num_tokens']} | {r['vocab_size']} | "
+              f"{r['codes_used']} ({100 * r['usage']:.1f}%) | {r['nrmse']:.3f} | {cols} |")
     p002 = np.load(out / "p002_labs.npy")
     print(f"\np002 labs decoded by `mmtok decode`: {np.round(p002, 2).tolist()}")
 
