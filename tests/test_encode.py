@@ -202,3 +202,21 @@ def test_encode_refuses_streams_without_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, "-m", "mmtok.cli", "encode", "manifest.json", "--out", "o"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "has no checkpoint" in run.stderr and "mmtok fit-codec" in run.stderr
+
+
+def test_fit_codec_cli_writes_a_checkpoint_the_registry_can_use(tmp_path):
+    from pathlib import Path
+
+    clinic = Path(__file__).resolve().parents[1] / "examples" / "clinic"
+    run = subprocess.run([sys.executable, "-m", "mmtok.cli", "fit-codec", str(clinic / "manifest.json"),
+                          "--registry", str(clinic / "registry.yaml"), "--stream", "tok_labs",
+                          "--out", str(tmp_path / "labs"), "--steps", "30", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "held-out data, 265 train / 66 held-out samples" in run.stdout
+    metrics = json.loads((tmp_path / "labs" / "metrics.json").read_text())
+    assert metrics["val_samples"] == 66 and metrics["codes_used"] > 1
+    (tmp_path / "registry.yaml").write_text(
+        "streams:\n  tok_labs: {modality: lab_results, codec: labs-fsq, vocab_size: 1000, "
+        "num_tokens: 3, checkpoint: labs}\n")
+    assert mmtok.Registry.load(tmp_path / "registry.yaml").check() == []
