@@ -189,9 +189,10 @@ def test_broken_manifest_files(tmp_path, text, words):
     path.write_text(text)
     with pytest.raises(ManifestError, match=words):
         Manifest.load(path)
-    run = subprocess.run([sys.executable, "-m", "mmtok.cli", "validate", str(path)],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and "Traceback" not in run.stderr and words in run.stderr
+    for command in (["validate", str(path)], ["encode", str(path), "--out", str(tmp_path / "o")]):
+        run = subprocess.run([sys.executable, "-m", "mmtok.cli", *command],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.returncode == 1 and "Traceback" not in run.stderr and words in run.stderr
 
 
 def test_encode_refuses_streams_without_checkpoint(tmp_path):
