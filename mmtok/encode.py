@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mmtok.errors import MmtokError
 from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError
 from mmtok.modality import Modality
+from mmtok.plugins import get_plugin_manager
 from mmtok.registry import Registry
 from mmtok.shards import INDEX, read_json, shard_name, write_json, write_shard
 
@@ -52,8 +53,12 @@ class EncodeSummary:
         return "\n".join(lines)
 
 
-class _SampleDataset(Dataset):
-    """Item i -> (shard, row, sample id, {modality: single-sample Modality}, [(key, reason)])."""
+class _SampleReader(Dataset):
+    """Item i -> (shard, row, sample id, {modality: reader record}, [(key, reason)]).
+
+    Only file I/O happens here (in DataLoader workers when there are any); records are plain
+    numpy, which crosses process boundaries cheaply, and become modalities in the main process.
+    """
 
     def __init__(self, manifest: Manifest, items: list[tuple[int, int, SampleEntry]], modalities: set[str]):
         self.manifest, self.items, self.modalities = manifest, items, modalities
@@ -62,10 +67,8 @@ class _SampleDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from mmtok.plugins import get_plugin_manager
-
         shard, row, sample = self.items[i]
-        loaded, problems = {}, []
+        records, problems = {}, []
         manager = get_plugin_manager()
         for key in sample.modalities:
             if key not in self.modalities:  # known but not encoded here: fine; unknown: a problem
@@ -73,10 +76,24 @@ class _SampleDataset(Dataset):
                     problems.append((key, f"no modality named {key!r} is installed"))
                 continue
             try:
-                loaded[key] = self.manifest.load_modality(sample, key, manager)
+                records[key] = self.manifest.record(sample, key, manager)
             except SampleError as err:
                 problems.append((err.key or key, err.reason))
-        return shard, row, sample.id, loaded, problems
+        return shard, row, sample.id, records, problems
+
+
+def _identity(batch):
+    return batch
+
+
+def _read_in_order(reader: _SampleReader, workers: int, chunk: int = 64):
+    """Yield reader items in order; with workers, each fetch carries ``chunk`` consecutive items."""
+    if workers == 0:
+        yield from (reader[i] for i in range(len(reader)))
+        return
+    loader = DataLoader(reader, batch_size=chunk, num_workers=workers, collate_fn=_identity)
+    for batch in loader:
+        yield from batch
 
 
 def _signature(m: Modality) -> tuple:
@@ -114,7 +131,6 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
         raise EncodeError(f"--on-error must be 'fail' or 'skip', found {on_error!r}")
     if batch_size < 1 or shard_size < 1:
         raise EncodeError("--batch-size and --shard-size must be >= 1")
-    start = time.perf_counter()
     rank, world, dist = _dist()
     out = Path(out)
     manifest = Manifest.load(manifest_path, allow_absolute=allow_absolute)
@@ -177,16 +193,23 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     shards = [list(enumerate(rows[i:i + shard_size], start=i)) for i in range(0, len(rows), shard_size)]
     mine = [i for i in range(len(shards)) if i % world == rank]
     todo = [i for i in mine if not (shard_dir / f"{shard_name(i)}.json").exists()]
+    start = time.perf_counter()  # encoding itself: after imports, registry checks, codec loading
     bar = tqdm(total=sum(len(shards[i]) for i in todo), unit="sample", disable=not progress or rank != 0,
                desc="encode")
     # one loader over all of this rank's unfinished shards (workers start once); samples arrive
     # in order, so a shard is complete when the next one begins
     items = [(i, row, sample) for i in todo for row, sample in shards[i]]
-    loader = DataLoader(_SampleDataset(manifest, items, set(by_modality)), batch_size=None,
-                        num_workers=workers, collate_fn=lambda x: x)
+    reader = _SampleReader(manifest, items, set(by_modality))
+    manager = get_plugin_manager()
     current, pending = None, []
-    for shard, row, sid, loaded, problems in loader:
+    for shard, row, sid, records, problems in _read_in_order(reader, workers):
         bar.update(1)
+        loaded = {}
+        for key, record in records.items():
+            try:
+                loaded[key] = manifest.build(sid, key, record, manager)
+            except SampleError as err:
+                problems.append((err.key or key, err.reason))
         if problems and on_error == "fail":
             key, reason = problems[0]
             raise EncodeError(str(ManifestProblem(sid, key, reason)))

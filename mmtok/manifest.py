@@ -130,6 +130,7 @@ class Manifest:
         self.problems = problems
         self.allow_absolute = allow_absolute
         self._table_cache: dict[str, tuple[dict, dict | None]] = {}
+        self._dirs: dict[Path, Path] = {}
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -174,7 +175,14 @@ class Manifest:
         if p.is_absolute() and not self.allow_absolute:
             raise SampleError(sample, key, f"absolute path {rel!r} not allowed (paths are relative "
                               "to the manifest's folder; pass --allow-absolute to permit them)")
-        full = (p if p.is_absolute() else self.root / p).resolve()
+        # folders are resolved (symlinks, "..") once and cached; the file itself is resolved only
+        # when it is a symlink, so the containment check stays exact at a fraction of the cost
+        parent = self._dirs.get(p.parent)
+        if parent is None:
+            parent = self._dirs[p.parent] = (p.parent if p.is_absolute() else self.root / p.parent).resolve()
+        full = parent / p.name
+        if full.is_symlink() or p.name in ("..", "."):
+            full = full.resolve()
         if not p.is_absolute() and not full.is_relative_to(self.root):
             raise SampleError(sample, key, f"path {rel!r} escapes the manifest's folder {self.root}")
         if not full.is_file():
@@ -251,16 +259,21 @@ class Manifest:
 
     def load_modality(self, sample: SampleEntry, key: str, manager) -> Modality:
         """One modality of one sample, as a batch of one. Raises `SampleError`."""
+        if key not in manager.tables["modalities"]:  # say so before reading any file
+            self.build(sample.id, key, {}, manager)
+        return self.build(sample.id, key, self.record(sample, key, manager), manager)
+
+    def build(self, sample_id: str, key: str, record: dict, manager) -> Modality:
+        """The modality ``key`` of sample ``sample_id`` from its reader record. Raises `SampleError`."""
         try:
             cls = manager.modality(key)
         except MmtokError as err:
-            raise SampleError(sample.id, key, str(err)) from None
-        record = self.record(sample, key, manager)
+            raise SampleError(sample_id, key, str(err)) from None
         try:
-            return cls.from_record(record, sample_id=sample.id)
+            return cls.from_record(record, sample_id=sample_id)
         except MmtokError as err:
-            reason = str(err).removeprefix(f"sample {sample.id!r}: ")
-            raise SampleError(sample.id, key, reason) from None
+            reason = str(err).removeprefix(f"sample {sample_id!r}: ")
+            raise SampleError(sample_id, key, reason) from None
 
     # ------------------------------------------------------------------ validation
     def validate(self, manager=None, *, check_shape=None) -> list[ManifestProblem]:

@@ -221,3 +221,17 @@ def test_fit_codec_cli_writes_a_checkpoint_the_registry_can_use(tmp_path):
         "streams:\n  tok_labs: {modality: lab_results, codec: labs-fsq, vocab_size: 1000, "
         "num_tokens: 3, checkpoint: labs}\n")
     assert mmtok.Registry.load(tmp_path / "registry.yaml").check() == []
+
+
+def test_symlinks_cannot_escape_the_manifest_folder(tmp_path):
+    (tmp_path / "outside.npy").write_bytes(b"")
+    root = tmp_path / "m"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "link.npy").symlink_to(tmp_path / "outside.npy")
+    (root / "linkdir").symlink_to(tmp_path)
+    (root / "manifest.json").write_text(json.dumps({"samples": [
+        {"id": "a", "modalities": {"scalars": "data/link.npy"}},
+        {"id": "b", "modalities": {"scalars": "linkdir/outside.npy"}},
+        {"id": "c", "modalities": {"scalars": "data/../../outside.npy"}}]}))
+    problems = [str(p) for p in Manifest.load(root / "manifest.json").validate()]
+    assert len(problems) == 3 and all("escapes the manifest's folder" in p for p in problems), problems
