@@ -14,6 +14,8 @@ import torch
 import mmtok
 from mmtok.manifest import Manifest, ManifestError
 
+from helpers import fake_dist
+
 PLUGIN = """
     from dataclasses import dataclass
     from typing import ClassVar
@@ -59,11 +61,7 @@ def corpus(tmp_path, monkeypatch):
     """A fake installed plugin, a fitted codec, a registry and a manifest with good and bad samples."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "fiveband.py").write_text(textwrap.dedent(PLUGIN))
-    info = site / "mmtok_plugin_fiveband-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mmtok-plugin-fiveband\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[mmtok]\nfiveband = fiveband\n")
+    fake_dist(site, "mmtok-plugin-fiveband", "fiveband", PLUGIN)
     monkeypatch.syspath_prepend(str(site))
     mmtok.plugins.reset_plugin_manager()
 

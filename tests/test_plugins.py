@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -12,14 +11,7 @@ import mmtok
 from mmtok.errors import PluginError
 from mmtok.plugins import DISABLE_ENV, PluginManager
 
-
-def fake_dist(root, dist, module, source, ep_name=None):
-    """An installed distribution (dist-info + module) exposing ``module`` in group mmtok."""
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist.replace('-', '_')}-0.3.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3.0\n")
-    (info / "entry_points.txt").write_text(f"[mmtok]\n{ep_name or module} = {module}\n")
+from helpers import fake_dist
 
 
 GOOD = """
