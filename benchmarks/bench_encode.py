@@ -72,6 +72,9 @@ from mmtok.encode import encode_manifest
 from mmtok.modalities import Image
 from mmtok.shards import TokenShards
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_codec import _cpu_name  # noqa: E402  (one CPU-name helper for both benchmarks)
+
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
 SHARD = 1024
@@ -412,17 +415,6 @@ def profile_e2e(root: Path, info: dict, key: str, workers: int = 0, top: int = 1
 
 
 # --------------------------------------------------------------------------- report
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 NOISY = 0.1  # share of a CPU used by other processes above which a timing is flagged
 
 
