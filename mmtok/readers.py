@@ -4,6 +4,7 @@ No pickle: ``np.load(..., allow_pickle=False)`` refuses object arrays.
 """
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,40 @@ from mmtok.errors import MmtokError
 __all__ = ["read_npy", "read_npz", "read_csv"]
 
 
+#: raw .npy header bytes -> (shape, fortran order, dtype); manifests hold many files that share
+#: one header, and parsing it (numpy evaluates a Python literal) costs more than reading the data
+_NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+
+
+def _read_npy_array(path: Path) -> np.ndarray:
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8 or prefix[:6] != b"\x93NUMPY":
+            raise ValueError("not a .npy file (bad magic string)")
+        major = prefix[6]
+        size_bytes = 2 if major == 1 else 4
+        raw_len = fh.read(size_bytes)
+        header = fh.read(int.from_bytes(raw_len, "little"))
+        key = prefix + raw_len + header
+        if key not in _NPY_HEADERS:
+            parsed = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = parsed(io.BytesIO(raw_len + header))
+            if dtype.hasobject:
+                raise ValueError("object arrays need pickle, which mmtok never loads")
+            _NPY_HEADERS[key] = (shape, fortran, dtype)
+        shape, fortran, dtype = _NPY_HEADERS[key]
+        count = int(np.prod(shape, dtype=np.int64))
+        data = np.fromfile(fh, dtype=dtype, count=count)
+    if data.size != count:
+        raise ValueError(f"file is truncated: expected {count} values of {dtype}, found {data.size}")
+    return data.reshape(shape, order="F" if fortran else "C")
+
+
 def read_npy(path: Path) -> dict[str, np.ndarray]:
-    """A single array, returned as field ``"data"``."""
+    """A single array, returned as field ``"data"`` (same result as ``np.load(path,
+    allow_pickle=False)``, with parsed headers cached)."""
     try:
-        return {"data": np.load(path, allow_pickle=False)}
+        return {"data": _read_npy_array(Path(path))}
     except (ValueError, OSError) as err:
         raise MmtokError(f"{path}: cannot read as .npy ({err})") from None
 
