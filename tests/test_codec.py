@@ -130,7 +130,7 @@ def test_scalar_codec_on_real_properties(corn):
     with pytest.raises(CodecError, match="not fitted"):
         codec.encode(props)
     report = fit_codec(codec, props, progress=False)
-    assert report.steps == 0 or not codec.trainable
+    assert not codec.trainable and report.history == []  # fitted from statistics, no gradient steps
     # 16 equal-probability bins: error well below the spread of each property
     assert report.nrmse < 0.15, report.nrmse
     ids = codec.encode(props).ids
