@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mmtok.errors import MmtokError
 from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError
-from mmtok.modality import Modality
+from mmtok.modality import Modality, deferred_checks
 from mmtok.plugins import get_plugin_manager
 from mmtok.registry import Registry
 from mmtok.shards import INDEX, read_json, shard_name, write_json, write_shard
@@ -205,21 +205,22 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     for shard, row, sid, records, problems in _read_in_order(reader, workers):
         bar.update(1)
         loaded = {}
-        for key, record in records.items():
-            try:
-                loaded[key] = manifest.build(sid, key, record, manager)
-            except SampleError as err:
-                problems.append((err.key or key, err.reason))
+        with deferred_checks():  # checked once per batch in _check_batches
+            for key, record in records.items():
+                try:
+                    loaded[key] = manifest.build(sid, key, record, manager)
+                except SampleError as err:
+                    problems.append((err.key or key, err.reason))
         if problems and on_error == "fail":
             key, reason = problems[0]
             raise EncodeError(str(ManifestProblem(sid, key, reason)))
         if current is not None and shard != current:
-            _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size)
+            _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size, on_error)
             pending = []
         current = shard
         pending.append((row, sid, loaded, problems))
     if current is not None:
-        _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size)
+        _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size, on_error)
     bar.close()
     if dist is not None:
         dist.barrier()
@@ -231,42 +232,76 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     return summary
 
 
+def _check_batches(loaded: list[dict], by_modality: dict[str, list[str]],
+                   batch_size: int) -> tuple[dict[str, list[tuple[list[int], Modality]]], dict[int, tuple]]:
+    """Bucket each modality by shape and collate batches, which runs the modality checks once
+    per batch (samples were built under `deferred_checks`). A batch that fails is checked sample
+    by sample to name the culprits.
+
+    Returns ({modality: [(positions, batch)]}, {position: (modality, reason)} of failed samples).
+    """
+    batches: dict[str, list[tuple[list[int], Modality]]] = {}
+    bad: dict[int, tuple[str, str]] = {}
+    for modality in by_modality:
+        buckets = collections.defaultdict(list)  # signature -> [(position in shard, modality)]
+        for pos, sample in enumerate(loaded):
+            if modality in sample:
+                buckets[_signature(sample[modality])].append((pos, sample[modality]))
+        batches[modality] = []
+        for members in buckets.values():
+            for b in range(0, len(members), batch_size):
+                chunk = members[b:b + batch_size]
+                try:
+                    batch = type(chunk[0][1]).collate([m for _, m in chunk])
+                except MmtokError:
+                    for pos, m in chunk:
+                        try:
+                            m.check()
+                        except MmtokError as err:
+                            bad.setdefault(pos, (modality, str(err)))
+                    batch = None
+                batches[modality].append(([p for p, _ in chunk], batch))
+    return batches, bad
+
+
 def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: dict,
-                  by_modality: dict[str, list[str]], shard_dir: Path, batch_size: int) -> None:
-    """Encode the loaded samples of one shard, stream by stream, and write it."""
-    good = [(row, sid, loaded) for row, sid, loaded, problems in items if not problems]
-    skipped = [{"id": sid, "problems": [{"key": k, "reason": r} for k, r in problems]}
-               for _, sid, _, problems in items if problems]
-    n = len(good)
+                  by_modality: dict[str, list[str]], shard_dir: Path, batch_size: int,
+                  on_error: str) -> None:
+    """Check and encode the loaded samples of one shard, stream by stream, and write it."""
+    candidates = [(sid, loaded) for _, sid, loaded, problems in items if not problems]
+    batches, bad = _check_batches([loaded for _, loaded in candidates], by_modality, batch_size)
+    failed = {candidates[pos][0]: [problem] for pos, problem in bad.items()}
+    if failed and on_error == "fail":
+        sid = next(sid for sid, _ in candidates if sid in failed)
+        raise EncodeError(str(ManifestProblem(sid, *failed[sid][0])))
+    if failed:  # drop the failed samples and batch the rest again (checks pass now)
+        candidates = [c for c in candidates if c[0] not in failed]
+        batches, _ = _check_batches([loaded for _, loaded in candidates], by_modality, batch_size)
+    skipped = [{"id": sid, "problems": [{"key": k, "reason": r} for k, r in problems or failed.get(sid, [])]}
+               for _, sid, _, problems in items if problems or sid in failed]
+    n = len(candidates)
     tensors: dict[str, torch.Tensor] = {}
     present_streams: list[list[str]] = [[] for _ in range(n)]
     for modality, keys in by_modality.items():
-        buckets = collections.defaultdict(list)  # signature -> [(position in shard, modality)]
-        for pos, (_, _, loaded) in enumerate(good):
-            if modality in loaded:
-                buckets[_signature(loaded[modality])].append((pos, loaded[modality]))
         for key in keys:
             codec = codecs[key]
             present = torch.zeros(n, dtype=torch.bool)
             tokens = None
-            for members in buckets.values():
-                for b in range(0, len(members), batch_size):
-                    chunk = members[b:b + batch_size]
-                    batch = type(chunk[0][1]).collate([m for _, m in chunk])
-                    try:
-                        with torch.inference_mode():
-                            stream = codec.encode(batch)
-                    except MmtokError as err:
-                        raise EncodeError(f"stream {key!r}, samples {[good[p][1] for p, _ in chunk][:5]}: "
-                                          f"{err}") from None
-                    t = stream.ids.to(torch.int32) if stream.is_discrete else stream.values.float()
-                    if tokens is None:
-                        tokens = torch.zeros((n, *t.shape[1:]), dtype=t.dtype)
-                    pos = torch.tensor([p for p, _ in chunk])
-                    tokens[pos] = t
-                    present[pos] = True
-                    for p, _ in chunk:
-                        present_streams[p].append(key)
+            for positions, batch in batches[modality]:
+                try:
+                    with torch.inference_mode():
+                        stream = codec.encode(batch)
+                except MmtokError as err:
+                    raise EncodeError(f"stream {key!r}, samples {[candidates[p][0] for p in positions][:5]}: "
+                                      f"{err}") from None
+                t = stream.ids.to(torch.int32) if stream.is_discrete else stream.values.float()
+                if tokens is None:
+                    tokens = torch.zeros((n, *t.shape[1:]), dtype=t.dtype)
+                pos = torch.tensor(positions)
+                tokens[pos] = t
+                present[pos] = True
+                for p in positions:
+                    present_streams[p].append(key)
             if tokens is None:  # nobody in this shard has the stream
                 shape = (n, codec.num_tokens) if codec.is_discrete else (n, codec.num_tokens, codec.quantizer.dim)
                 tokens = torch.zeros(shape, dtype=torch.int32 if codec.is_discrete else torch.float32)
@@ -274,7 +309,7 @@ def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: 
             tensors[tokens_name] = tokens
             tensors[f"{key}/present"] = present
     sidecar = {"shard": index, "samples": [{"id": sid, "row": r, "streams": sorted(s)}
-                                           for r, ((_, sid, _), s) in enumerate(zip(good, present_streams))],
+                                           for r, ((sid, _), s) in enumerate(zip(candidates, present_streams))],
                "skipped": skipped}
     write_shard(shard_dir, index, tensors, sidecar)
 

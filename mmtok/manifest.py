@@ -29,6 +29,7 @@ Problems are collected, never raised one by one: `Manifest.validate` returns eve
 import dataclasses
 import json
 import os
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ class Manifest:
         self.problems = problems
         self.allow_absolute = allow_absolute
         self._table_cache: dict[str, tuple[dict, dict | None]] = {}
-        self._dirs: dict[Path, Path] = {}
+        self._dirs: dict[str, tuple[str, bool]] = {}  # folder as written -> (resolved, inside root)
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -171,23 +172,37 @@ class Manifest:
     # ------------------------------------------------------------------ paths and tables
     def resolve(self, rel: str, *, sample: str | None, key: str | None) -> Path:
         """Path of ``rel`` under the manifest's folder; never outside it."""
-        p = Path(rel)
-        if p.is_absolute() and not self.allow_absolute:
+        absolute = os.path.isabs(rel)
+        if absolute and not self.allow_absolute:
             raise SampleError(sample, key, f"absolute path {rel!r} not allowed (paths are relative "
                               "to the manifest's folder; pass --allow-absolute to permit them)")
-        # folders are resolved (symlinks, "..") once and cached; the file itself is resolved only
-        # when it is a symlink, so the containment check stays exact at a fraction of the cost
-        parent = self._dirs.get(p.parent)
-        if parent is None:
-            parent = self._dirs[p.parent] = (p.parent if p.is_absolute() else self.root / p.parent).resolve()
-        full = parent / p.name
-        if full.is_symlink() or p.name in ("..", "."):
-            full = full.resolve()
-        if not p.is_absolute() and not full.is_relative_to(self.root):
+        # folders are resolved (symlinks, "..") and checked once, then cached; the file itself is
+        # resolved only when it is a symlink, so the containment check stays exact at a fraction
+        # of the cost (plain string operations: pathlib costs more than the read on small files)
+        head, name = os.path.split(rel)
+        cached = self._dirs.get(head)
+        if cached is None:
+            parent = os.path.realpath(head if absolute else os.path.join(self.root, head))
+            cached = self._dirs[head] = (parent, absolute or self._inside(parent))
+        parent, inside = cached
+        full = os.path.join(parent, name)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode) or name in ("..", ".", ""):
+                full = os.path.realpath(full)
+                inside = absolute or self._inside(full)
+                st = os.stat(full)
+        except OSError:
+            st = None
+        if not inside:
             raise SampleError(sample, key, f"path {rel!r} escapes the manifest's folder {self.root}")
-        if not full.is_file():
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise SampleError(sample, key, f"file not found: {rel}")
-        return full
+        return Path(full)
+
+    def _inside(self, path: str) -> bool:
+        root = str(self.root)
+        return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
     def _read(self, full: Path, rel: str, *, sample: str | None, key: str | None, manager) -> dict:
         try:

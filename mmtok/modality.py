@@ -11,12 +11,16 @@ field is batched along its first axis, which must be named ``b``::
 
 Construction checks every field with beartype (shapes shared across fields, e.g. ``b``, must
 agree) and that float tensors are finite; a bad field raises `ModalityError` naming the class,
-the field, the expected annotation and the shape / dtype found.
+the field, the expected annotation and the shape / dtype found. A subclass with more invariants
+(non-negative variances, column names matching a width) overrides ``check()`` and calls
+``super().check()`` first, so pipelines that defer checks (`deferred_checks`) defer those too.
 
 Note: modules that define modalities must not use ``from __future__ import annotations``; the
 annotations would become strings and this module refuses them rather than silently skipping checks.
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import re
 import typing
@@ -31,7 +35,24 @@ from torch import Tensor
 
 from mmtok.errors import ModalityError
 
-__all__ = ["Modality", "ModalityError", "describe"]
+__all__ = ["Modality", "ModalityError", "deferred_checks", "describe"]
+
+_DEFERRED = contextvars.ContextVar("mmtok_deferred_modality_checks", default=False)
+
+
+@contextlib.contextmanager
+def deferred_checks():
+    """Modalities built inside skip the shape / finiteness checks of construction.
+
+    For pipelines that build many single samples and collate them: `Modality.collate` (outside
+    the block) checks the whole batch at once, and `Modality.check()` finds the culprit when the
+    batch fails. Checks written in a subclass's own ``__post_init__`` still run.
+    """
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
 
 
 def describe(value: Any) -> str:
@@ -126,6 +147,11 @@ class Modality:
         return jaxtyped(typechecker=beartype)(fn)
 
     def __post_init__(self) -> None:
+        if not _DEFERRED.get():
+            self.check()
+
+    def check(self) -> None:
+        """Run the construction checks (shapes, dtypes, finiteness). Raises `ModalityError`."""
         cls = type(self)
         if cls.__dict__.get("_checker") is None:
             cls._checker = cls._build_checker()

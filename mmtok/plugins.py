@@ -172,7 +172,14 @@ class PluginManager:
         return Codec.from_pretrained(self.pretrained(name).path)
 
     def reader_for(self, path: str | Path) -> ReaderSpec:
-        name = Path(path).name.lower()
+        """The reader whose suffix matches the file name (the longest match wins)."""
+        name = os.path.basename(path).lower()
+        # every suffix starts with "." here, so the match only depends on the name from its first
+        # dot on: cache by that ("scan.nii.gz" -> ".nii.gz"), manifests hold many alike files
+        tail = name[name.find("."):] if "." in name else ""
+        cache = self.__dict__.setdefault("_reader_cache", {})
+        if tail in cache:
+            return cache[tail]
         best = None
         for spec in self.tables["readers"].values():
             for suffix in spec.suffixes:
@@ -180,7 +187,9 @@ class PluginManager:
                     best = (suffix, spec)
         if best is None:
             kinds = sorted({s for r in self.tables["readers"].values() for s in r.suffixes})
-            raise PluginError(f"no reader for {Path(path).name!r}; installed readers handle {kinds}")
+            raise PluginError(f"no reader for {os.path.basename(path)!r}; installed readers handle {kinds}")
+        if all(s.startswith(".") for r in self.tables["readers"].values() for s in r.suffixes):
+            cache[tail] = best[1]
         return best[1]
 
 

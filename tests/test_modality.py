@@ -121,3 +121,31 @@ def test_validation_cannot_be_bypassed_by_replace():
     m = make()
     with pytest.raises(ModalityError):
         m.replace(flux=torch.randn(3, 4, 4, 6))
+
+
+@dataclass(frozen=True, eq=False)
+class PositiveCube(Cube):
+    name: ClassVar[str] = "test_positive_cube"
+
+    def check(self) -> None:
+        super().check()
+        if bool((self.flux < 0).any()):
+            raise ModalityError("PositiveCube.flux: expected values >= 0")
+
+
+def test_deferred_checks_run_at_collate_and_check():
+    from mmtok.modality import deferred_checks
+
+    good = PositiveCube(flux=torch.rand(1, 5, 2, 2), labels=torch.zeros(1, 2, 2, dtype=torch.long))
+    with deferred_checks():  # neither the shape check nor the subclass check runs here
+        nan = PositiveCube(flux=torch.full((1, 5, 2, 2), float("nan")), labels=good.labels)
+        negative = PositiveCube(flux=-torch.ones(1, 5, 2, 2), labels=good.labels)
+    with pytest.raises(ModalityError, match="NaN/inf"):
+        nan.check()
+    with pytest.raises(ModalityError, match=">= 0"):
+        negative.check()
+    with pytest.raises(ModalityError, match=">= 0"):  # collating outside the block checks the batch
+        PositiveCube.collate([good, negative])
+    assert len(PositiveCube.collate([good, good])) == 2
+    with pytest.raises(ModalityError, match="NaN/inf"):  # the block ended: checks are back
+        PositiveCube(flux=nan.flux, labels=good.labels)

@@ -155,8 +155,8 @@ class HSCImage(_SurveyImage, Modality):
     variance: Float[Tensor, "b 5 h w"] | None = None
     mask: Int[Tensor, "b 5 h w"] | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
         self._check_non_negative("variance")
 
     @classmethod
@@ -185,8 +185,8 @@ class LegacySurveyImage(_SurveyImage, Modality):
     flux: Float[Tensor, "b 4 h w"]
     ivar: Float[Tensor, "b 4 h w"] | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
         self._check_non_negative("ivar")
 
     @classmethod

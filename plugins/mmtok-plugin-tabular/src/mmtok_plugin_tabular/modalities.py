@@ -144,8 +144,8 @@ class Table(Modality):
     values: Float[Tensor, "b c"]
     columns: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
         if self.columns and len(self.columns) != self.values.shape[1]:
             raise ModalityError(f"Table.values has {self.values.shape[1]} columns but Table.columns "
                                 f"names {len(self.columns)}: {list(self.columns)}")
