@@ -198,6 +198,68 @@ def cmd_fit_codec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmtok.train import TrainConfig, Trainer
+
+    config = TrainConfig.load(args.config, max_steps=args.max_steps)
+    trainer = Trainer(args.tokens, args.out, config, progress=not args.quiet)
+    start = trainer.step
+    records = trainer.fit()
+    if trainer.dist.main:
+        evals = [r for r in records if any(k.startswith("val/") for k in r)]
+        print(f"trained steps {start}..{trainer.step} -> {args.out} (metrics.jsonl, checkpoints/)")
+        if evals:
+            last = evals[-1]
+            print("| stream | held-out loss | accuracy | unigram loss | unigram accuracy |")
+            print("|---|---:|---:|---:|---:|")
+            for key in trainer.model.layout.keys:
+                if f"val/loss/{key}" not in last:
+                    continue
+                acc = last.get(f"val/acc/{key}")
+                fmt = (lambda v: "" if v is None else f"{v:.3f}")
+                print(f"| {key} | {last[f'val/loss/{key}']:.3f} | {fmt(acc)} | "
+                      f"{fmt(last.get(f'val/unigram_loss/{key}'))} | {fmt(last.get(f'val/unigram_acc/{key}'))} |")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from mmtok.inference import embed_tokens, save_tensors
+
+    ids, pooled = embed_tokens(args.run, args.tokens, batch_size=args.batch_size, samples=args.sample)
+    save_tensors(args.out, {"embedding": pooled}, ids)
+    print(f"{len(ids)} samples -> {args.out} (embedding {tuple(pooled.shape)})")
+    return 0
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    from mmtok.inference import impute_tokens, save_tensors
+
+    ids, pred = impute_tokens(args.run, args.tokens, args.stream, samples=args.sample, steps=args.steps)
+    name = f"{args.stream}/ids" if not pred.is_floating_point() else f"{args.stream}/values"
+    tensors = {name: pred}
+    if args.decode:
+        from mmtok.registry import Registry
+        from mmtok.shards import TokenShards
+        from mmtok.tokens import TokenStream
+
+        shards = TokenShards(args.tokens)
+        info = shards.streams[args.stream]
+        codec = Registry.load(args.registry or shards.index["registry"]).codec(args.stream)
+        if codec.fingerprint() != info["fingerprint"]:
+            raise MmtokError(f"the registry's codec for {args.stream!r} is not the one that encoded {args.tokens}")
+        present = torch.ones(len(ids), dtype=torch.bool)
+        stream = (TokenStream(ids=pred, vocab_size=info["vocab_size"], grid=tuple(info["grid"]), present=present,
+                              codec=info["codec"], fingerprint=info["fingerprint"])
+                  if info["vocab_size"] is not None else
+                  TokenStream(values=pred, grid=tuple(info["grid"]), present=present, codec=info["codec"],
+                              fingerprint=info["fingerprint"]))
+        decoded = codec.decode(stream)
+        tensors[f"{args.stream}/decoded"] = getattr(decoded, codec.field).float()
+    save_tensors(args.out, tensors, ids)
+    print(f"imputed {args.stream} for {len(ids)} samples -> {args.out} ({', '.join(tensors)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmtok import __version__
 
@@ -257,6 +319,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-absolute", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit_codec)
+
+    p = sub.add_parser("train", help="train the shared masked transformer on token shards (torchrun-ready)")
+    p.add_argument("--tokens", type=Path, required=True, help="an `mmtok encode` output folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder (resumes if it holds a checkpoint)")
+    p.add_argument("--config", type=Path, default=None, help="training config YAML (mmtok.train.TrainConfig)")
+    p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (overrides the config)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="pooled encoder features of token samples -> safetensors")
+    p.add_argument("run", type=Path, help="an `mmtok train` run folder")
+    p.add_argument("--tokens", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sample", action="append", default=None, help="sample id (repeatable); default all")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("impute", help="predict a stream from the others (default: where it is missing)")
+    p.add_argument("run", type=Path, help="an `mmtok train` run folder")
+    p.add_argument("--tokens", type=Path, required=True)
+    p.add_argument("--stream", required=True)
+    p.add_argument("--out", type=Path, required=True, help="safetensors file of predicted tokens")
+    p.add_argument("--sample", action="append", default=None, help="sample id (repeatable)")
+    p.add_argument("--steps", type=int, default=8, help="MaskGIT decoding rounds")
+    p.add_argument("--decode", action="store_true", help="also decode the tokens with the stream's codec")
+    p.add_argument("--registry", type=Path, default=None, help="default: the one used for encoding")
+    p.set_defaults(func=cmd_impute)
 
     p = sub.add_parser("new-plugin", help="scaffold a pip-installable plugin package")
     p.add_argument("name")

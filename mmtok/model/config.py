@@ -1,0 +1,86 @@
+"""Configuration of the shared model: the token streams it sees, its size, its masking budgets.
+
+Everything is a pydantic model with ``extra="forbid"`` so a typo in a YAML file is an error, not a
+silently ignored setting.
+"""
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["MaskingConfig", "ModelConfig", "StreamBudget", "StreamSpec"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StreamSpec(_Strict):
+    """One token stream as the model sees it (read from a token folder's ``index.json``).
+
+    vocab_size: codebook size of a discrete stream; None for a continuous one.
+    grid: token grid, e.g. (7, 7) for an image, (35,) for a spectrum; prod(grid) tokens.
+    dim: width of each continuous token (None for discrete streams).
+    """
+
+    vocab_size: int | None = Field(default=None, ge=2)
+    grid: tuple[int, ...]
+    dim: int | None = Field(default=None, ge=1)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.vocab_size is not None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "StreamSpec":
+        if (self.vocab_size is None) == (self.dim is None):
+            raise ValueError("a stream has either vocab_size (discrete) or dim (continuous)")
+        if not self.grid or any(g < 1 for g in self.grid):
+            raise ValueError(f"grid must be non-empty positive sizes, found {self.grid}")
+        return self
+
+
+class ModelConfig(_Strict):
+    """Size of `MultimodalMaskedTransformer` (4M-B is d_model 768, 12 + 12 layers)."""
+
+    d_model: int = Field(default=256, ge=8)
+    num_heads: int = Field(default=4, ge=1)
+    encoder_depth: int = Field(default=4, ge=1)
+    decoder_depth: int = Field(default=2, ge=1)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: loss of continuous targets: "mse" or "l1"
+    continuous_loss: str = Field(default="mse", pattern="^(mse|l1)$")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class StreamBudget(_Strict):
+    """Per-stream overrides of the masking budgets."""
+
+    alpha: float | None = Field(default=None, gt=0)
+    min_input: int = Field(default=0, ge=0)
+    max_input: int | None = Field(default=None, ge=0)
+    min_target: int = Field(default=0, ge=0)
+    max_target: int | None = Field(default=None, ge=0)
+
+
+class MaskingConfig(_Strict):
+    """4M's multimodal masking: per sample, a Dirichlet(alpha) draw over the *present* streams
+    splits ``input_budget`` visible tokens, and another draw splits ``target_budget`` target
+    tokens among the tokens left. Per-stream minimum / maximum counts apply first; whatever a full
+    stream cannot take goes to the other present streams. A sample always keeps at least one token
+    as a target when it has two or more tokens."""
+
+    input_budget: int = Field(default=64, ge=1)
+    target_budget: int = Field(default=64, ge=1)
+    alpha: float = Field(default=1.0, gt=0)
+    streams: dict[str, StreamBudget] = Field(default_factory=dict)
