@@ -255,6 +255,22 @@ class MultimodalMaskedTransformer(nn.Module):
         return pred
 
     @torch.no_grad()
+    def predict_proba(self, batch: dict[str, Tensor], stream: str) -> Float[Tensor, "b n v"]:
+        """(b, n, vocab) token distributions of discrete stream ``stream``, all its tokens at once,
+        given the sample's *other* present streams (one pass, no iterative decoding)."""
+        s = self.layout.index(stream)
+        if not self.streams[stream].is_discrete:
+            raise MmtokError(f"{stream!r} is continuous; use predict()")
+        present = self.presence(batch)
+        others = present[:, self.stream_of] & (self.stream_of != s)
+        targets = torch.zeros_like(others)
+        targets[:, self.layout.slots(stream)] = True
+        masks = Masks.from_selection(others, targets, k_tgt=self.streams[stream].num_tokens)
+        h = self.decode(self.encode(batch, masks.input_idx, masks.input_valid), masks.target_idx,
+                        masks.target_valid)
+        return torch.softmax(self.logits(h, masks.target_idx)[..., sl_vocab(self, s)], -1)
+
+    @torch.no_grad()
     def impute(self, batch: dict[str, Tensor], stream: str, **kwargs) -> Tensor:
         """Like `predict`, but samples that have the stream keep their own tokens."""
         pred = self.predict(batch, stream, **kwargs)
