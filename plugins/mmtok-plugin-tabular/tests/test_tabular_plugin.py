@@ -10,7 +10,8 @@ import mmtok
 from mmtok_plugin_tabular import plugin
 
 MODALITIES = ["patient_demographics", "vital_signs", "lab_results", "table", "time_series"]
-CODECS = ["demographics-fsq", "vitals-quantile", "labs-fsq", "table-quantile", "timeseries-fsq"]
+CODECS = ["demographics-fsq", "vitals-quantile", "labs-fsq", "demographics-quantile", "labs-quantile",
+          "table-quantile", "timeseries-fsq"]
 PRETRAINED = ["tabular/diabetes-demographics-fsq", "tabular/diabetes-vitals-quantile",
               "tabular/diabetes-labs-fsq"]
 
