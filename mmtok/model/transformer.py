@@ -148,6 +148,11 @@ class MultimodalMaskedTransformer(nn.Module):
         """fp32 logits over the joint vocabulary, -inf outside each target's own stream."""
         return self.token_head(h).float() + self.vocab_bias[self.stream_of[idx]]
 
+    def _vocab_slice(self, s: int) -> slice:
+        """Stream s's range in the joint vocabulary."""
+        start = int(self.vocab_offset[s])
+        return slice(start, start + self.streams[self.layout.keys[s]].vocab_size)
+
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Tensor], masks: Masks, normalizer: Tensor | float | None = None) -> ModelOutput:
         """Masked-modelling loss: cross-entropy on discrete targets, ``continuous_loss`` on
@@ -237,7 +242,7 @@ class MultimodalMaskedTransformer(nn.Module):
             ids = self._ids(work, b)
             h = self.decode(self.encode(work, masks.input_idx, masks.input_valid, ids), masks.target_idx,
                             masks.target_valid)
-            logits = self.logits(h, masks.target_idx)[..., sl_vocab(self, s)]
+            logits = self.logits(h, masks.target_idx)[..., self._vocab_slice(s)]
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, -1)
                 choice = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
@@ -268,7 +273,7 @@ class MultimodalMaskedTransformer(nn.Module):
         masks = Masks.from_selection(others, targets, k_tgt=self.streams[stream].num_tokens)
         h = self.decode(self.encode(batch, masks.input_idx, masks.input_valid), masks.target_idx,
                         masks.target_valid)
-        return torch.softmax(self.logits(h, masks.target_idx)[..., sl_vocab(self, s)], -1)
+        return torch.softmax(self.logits(h, masks.target_idx)[..., self._vocab_slice(s)], -1)
 
     @torch.no_grad()
     def impute(self, batch: dict[str, Tensor], stream: str, **kwargs) -> Tensor:
@@ -280,11 +285,6 @@ class MultimodalMaskedTransformer(nn.Module):
             return pred
         keep = present.to(pred.device).bool().view(-1, *([1] * (pred.dim() - 1)))
         return torch.where(keep, own.to(pred.device).to(pred.dtype), pred)
-
-
-def sl_vocab(model: MultimodalMaskedTransformer, s: int) -> slice:
-    start = int(model.vocab_offset[s])
-    return slice(start, start + model.streams[model.layout.keys[s]].vocab_size)
 
 
 def _batch_size(batch: dict[str, Tensor]) -> int:
