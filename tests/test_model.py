@@ -164,3 +164,14 @@ def test_parameters_all_trained():
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, dead
     assert isinstance(model.encoder[0], nn.Module)
+
+
+def test_training_forward_is_one_graph_for_torch_compile():
+    """fullgraph=True fails on any graph break (host syncs, Python-side tensor reads); the eager
+    backend keeps the test fast while checking exactly what Dynamo captures."""
+    model = MultimodalMaskedTransformer(STREAMS, SMALL)
+    sampler = MaskSampler(model.layout, MaskingConfig(input_budget=8, target_budget=8))
+    present = every_pattern()
+    batch, masks = make_batch(present), sampler(present, sampler.draw(len(present), 0))
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(batch, masks).loss, model(batch, masks).loss)

@@ -45,6 +45,9 @@ class StreamLayout:
         self.vocab_offset = torch.tensor(offsets)
         self.total_vocab = v
         self.discrete = torch.tensor([s.is_discrete for s in streams.values()])
+        starts = [0, *itertools.accumulate(sizes)]
+        self._slots = {k: slice(starts[i], starts[i + 1]) for i, k in enumerate(self.keys)}  # plain ints:
+        # no tensor -> int conversion inside the model, so torch.compile keeps one graph
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -55,8 +58,8 @@ class StreamLayout:
         return self.keys.index(key)
 
     def slots(self, key: str) -> slice:
-        s = self.index(key)
-        return slice(int(self.start[s]), int(self.start[s] + self.size[s]))
+        self.index(key)
+        return self._slots[key]
 
 
 @dataclasses.dataclass
@@ -81,7 +84,8 @@ class Masks:
         return cls(idx_in, ok_in, idx_tgt, ok_tgt)
 
     def to(self, device) -> "Masks":
-        return Masks(*(t.to(device) for t in dataclasses.astuple(self)))
+        return Masks(self.input_idx.to(device), self.input_valid.to(device), self.target_idx.to(device),
+                     self.target_valid.to(device))
 
     def selection(self, n: int) -> tuple[Bool[Tensor, "b n"], Bool[Tensor, "b n"]]:
         """The boolean (inputs, targets) selections over the n slots."""
@@ -120,7 +124,8 @@ class MaskDraw:
     noise: Float[Tensor, "b n"]
 
     def __getitem__(self, rows) -> "MaskDraw":
-        return MaskDraw(*(t[rows] for t in dataclasses.astuple(self)))
+        return MaskDraw(self.gamma_in[rows], self.gamma_tgt[rows], self.order_in[rows], self.order_tgt[rows],
+                        self.noise[rows])
 
 
 class MaskSampler:

@@ -150,7 +150,7 @@ class MultimodalMaskedTransformer(nn.Module):
 
     def _vocab_slice(self, s: int) -> slice:
         """Stream s's range in the joint vocabulary."""
-        start = int(self.vocab_offset[s])
+        start = int(self.layout.vocab_offset[s])  # the CPU copy: no device sync, no graph break
         return slice(start, start + self.streams[self.layout.keys[s]].vocab_size)
 
     # ------------------------------------------------------------------ training
