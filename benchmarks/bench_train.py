@@ -2,7 +2,8 @@
 
     python benchmarks/bench_train.py [--quick] [--device cpu|cuda] [--compile] [--json out.json]
         [--d-model 384] [--heads 6] [--encoder-depth 6] [--decoder-depth 6]
-        [--streams 3] [--vocab 1000] [--tokens 64] [--k-in 128] [--k-tgt 64] [--batch 32] [--profile]
+        [--streams 3] [--vocab 1000] [--tokens 64] [--k-in 128] [--k-tgt 64] [--batch 32]
+        [--aion-arch gelu|swiglu] [--no-aion] [--profile]
 
 This is a speed benchmark: the tokens are synthetic (uniformly random ids, every stream present in
 every sample), so the losses mean nothing. Both models see the same batch and the same masks.
@@ -15,8 +16,9 @@ Contenders (see benchmarks/README.md for what each ratio means):
 * ``mmtok``: ``mmtok.model.MultimodalMaskedTransformer`` (``ModelConfig(d_model, num_heads,
   encoder_depth, decoder_depth)``, the rest default) on ``{"<key>/ids", "<key>/present"}``
   batches, with masks from ``MaskSampler(model.layout, MaskingConfig(input_budget=K_in,
-  target_budget=K_tgt))``; ``model(batch, masks).loss``. AdamW parameter groups as in
-  ``mmtok.train.Trainer``.
+  target_budget=K_tgt))``; ``model(batch, masks).loss``. AdamW (torch's default
+  implementation, betas (0.9, 0.95)) with ``mmtok.train.Trainer``'s parameter groups; the same
+  for AION.
 * ``AION 4M``: ``aion.fourm.fm.FourM`` from ``polymathic-aion`` (imported, not copied) at the same
   width, depth, heads and MLP ratio, in its plain 4M GELU variant (LayerNorm eps 1e-6, biases:
   the same kind of block as mmtok's). Each stream is an ``img``-type modality with
@@ -25,8 +27,13 @@ Contenders (see benchmarks/README.md for what each ratio means):
   ``input_mask`` / ``target_mask`` / ``decoder_attention_mask`` are made from the *same* mmtok
   masks (4M's convention: True = not selected; the first target token of each modality carries
   the target count, as in 4M's ``UnifiedMasking.image_mask``), and
-  ``model(mod_dict, K_in, K_tgt, loss_type="mod")[0]`` is the loss. If ``aion`` can't be imported
-  the comparison is skipped and the script says how to install it.
+  ``model(mod_dict, K_in, K_tgt, loss_type="mod")[0]`` is the loss. 4M's decoder self-attention
+  stays within each modality (its default ``decoder_sep_mask``), mmtok's spans all targets: same
+  FLOPs. The decoder's modality order, which 4M shuffles with Python's ``random`` every step, is
+  pinned (``random.seed(0)`` before each forward; it doesn't change the result) so that
+  ``--compile`` doesn't recompile for each order. ``--aion-arch swiglu`` uses 4M's
+  ``fm_*_swiglu_nobias`` block instead (SwiGLU MLP, no biases; same FLOPs). If ``aion`` can't be
+  imported the comparison is skipped and the script says how to install it.
 
 Numbers:
 
@@ -34,15 +41,18 @@ Numbers:
 * FLOPs of one step: ``torch.utils.flop_counter.FlopCounterMode`` around forward + backward
   (matmuls, convolutions, attention). The CPU fused attention kernels
   (``_scaled_dot_product_flash_attention_for_cpu`` and its backward) have no formula in torch, so
-  this script adds 4M-standard ones (torch's own ``sdpa_flop_count`` / ``sdpa_backward_flop_count``);
-  without them mmtok's attention would count as zero on CPU.
-* MFU = (FLOPs of one step / step time) / matmul peak. The peak is measured in this run: the best
-  median ``2 n^3 / time`` of square matmuls (CPU: fp32, n = 1024 and 2048; CUDA: bf16 under the
-  same autocast as the models, n = 4096 and 8192). On CUDA the models run under
-  ``torch.autocast("cuda", torch.bfloat16)``, so the MFU is bf16 MFU against the bf16 peak.
+  this script maps them to torch's own ``sdpa_flop_count`` / ``sdpa_backward_flop_count``;
+  without that, mmtok's attention would count as zero on CPU (4M's explicit ``q @ k^T`` and
+  ``attn @ v`` are counted as bmm either way).
+* MFU = (FLOPs of one step / step time) / matmul peak. The peak is measured in this run, in
+  blocks interleaved with the training steps' blocks (so load from other processes hits both):
+  the best median ``2 n^3 / time`` of square matmuls (CPU: fp32, n = 2048 and 3072; CUDA: bf16
+  inputs, n = 4096 and 8192). On CUDA the models run under ``torch.autocast("cuda",
+  torch.bfloat16)``, so the MFU is bf16 MFU against the bf16 peak.
 
-Timing (as in bench_codec.py / bench_encode.py): ``time.perf_counter``; the first step of each
-contender runs under the FLOP counter, then ``warmup`` more untimed steps; each measurement is
+Timing (as in bench_codec.py / bench_encode.py): ``time.perf_counter``; ``warmup`` untimed steps
+per contender (2 with ``--quick``, else 3; 2 more with ``--compile``), the first of which runs
+under the FLOP counter; each measurement is
 ``repeats`` blocks of ``number`` steps (``number`` chosen so that a block lasts ``block_s``), the
 contenders' blocks interleaved with the order reversed every other block, median block time /
 ``number`` reported, quartiles in the JSON. ``gc.collect()`` (untimed) before each block. On CUDA
@@ -58,6 +68,7 @@ import gc
 import importlib.metadata
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -66,19 +77,30 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 import mmtok
-from mmtok.model import MaskingConfig, MaskSampler, ModelConfig, MultimodalMaskedTransformer, StreamSpec
+from mmtok.model import (
+    MaskingConfig,
+    MaskSampler,
+    ModelConfig,
+    MultimodalMaskedTransformer,
+    StreamSpec,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_codec import _cpu_name  # noqa: E402  (one CPU-name helper for all benchmarks)
-from bench_encode import ForeignLoad  # noqa: E402  (CPU time of other processes, from /proc/stat)
+from bench_codec import _cpu_name  # one CPU-name helper for all benchmarks
+from bench_encode import ForeignLoad  # CPU time of other processes, from /proc/stat
 
 TARGETS = {"mfu": 0.35, "ours_over_aion": 0.8}  # MFU >= 0.35; ours at least 1.25x faster than AION
-AION_INSTALL = ("pip install polymathic-aion  (brings einops, huggingface_hub, jaxtyping, numpy, scipy, "
-                "tokenizers; only aion.fourm is used here, which needs einops and huggingface_hub "
-                "(< 1.0 imports with requests); it does not require torch, so pip leaves yours alone)")
+AION_INSTALL = ("`pip install polymathic-aion` (it pulls einops, huggingface_hub, jaxtyping, numpy, scipy and "
+                "tokenizers, not torch). After `pip install --no-deps polymathic-aion`, aion.fourm still needs "
+                "einops and huggingface_hub with its dependencies, e.g. `pip install einops 'huggingface_hub<1.0' "
+                "requests`.")
 LOAD = ForeignLoad()
 NOISY = 0.1  # share of a CPU used by other processes above which a timing is flagged
 
@@ -204,23 +226,36 @@ def make_aion(args, streams, mod_dict, device):
     dec = {key: ImageTokenDecoderEmbedding(vocab_size=s.vocab_size, patch_size=1, image_size=(1, s.num_tokens),
                                            share_embedding=False)
            for key, s in streams.items()}
-    # 4M's GELU variant (fm_*_gelu), at our width / depth / heads
+    if args.aion_arch == "gelu":  # 4M's fm_*_gelu blocks: the same kind of block as mmtok's
+        arch = {"qkv_bias": True, "proj_bias": True, "mlp_bias": True, "act_layer": nn.GELU,
+                "gated_mlp": False, "norm_layer": partial(LayerNorm, eps=1e-6)}
+    else:  # 4M's fm_*_swiglu_nobias blocks (same FLOPs: the gated MLP's hidden width is 2/3 of 4 d)
+        arch = {"qkv_bias": False, "proj_bias": False, "mlp_bias": False, "act_layer": nn.SiLU,
+                "gated_mlp": True, "norm_layer": partial(LayerNorm, eps=1e-6, bias=False)}
     model = FourM(encoder_embeddings=enc, decoder_embeddings=dec, modality_info=info, dim=args.d_model,
                   encoder_depth=args.encoder_depth, decoder_depth=args.decoder_depth, num_heads=args.heads,
-                  mlp_ratio=4.0, qkv_bias=True, act_layer=nn.GELU,
-                  norm_layer=partial(LayerNorm, eps=1e-6)).to(device)
+                  mlp_ratio=4.0, **arch).to(device)
     k_in, k_tgt = args.k_in, args.k_tgt
 
-    def loss(m):  # the embeddings write into the per-modality dicts: give them fresh ones
+    def loss(m):
+        # 4M shuffles the decoder's modality order every step (Python's random.sample). With
+        # decoder_sep_mask and no causal mask the order doesn't change the result, but under
+        # torch.compile every one of the S! orders is a recompile, which a real run pays once
+        # per order and a short benchmark would keep paying: pin the order.
+        random.seed(0)
+        # the embeddings write into the per-modality dicts: give them fresh ones
         return m({k: dict(d) for k, d in mod_dict.items()}, k_in, k_tgt, loss_type="mod")[0]
-    return TrainStep("AION 4M", model, _adamw(model.named_parameters()), loss, device, args.compile), model
+    step = TrainStep(f"AION 4M ({args.aion_arch})", model, _adamw(model.named_parameters()), loss, device,
+                     args.compile)
+    return step, model
 
 
 # --------------------------------------------------------------------------- timing
 class Timing:
-    def __init__(self, device: str, quick: bool):
+    def __init__(self, device: str, quick: bool, compile: bool = False):
         self.cuda = device == "cuda"
-        self.warmup = 1 if quick else 3
+        # untimed calls before the blocks; torch.compile compiles in the first two of them
+        self.warmup = (2 if quick else 3) + (2 if compile else 0)
         self.repeats = 3 if quick else 9
         self.block_s = 0.5 if quick else 2.0
 
@@ -239,12 +274,14 @@ class Timing:
         dt = time.perf_counter() - t0
         return dt, LOAD.since(mark)
 
-    def compare(self, *fns) -> list[dict]:
-        """Time each fn, blocks interleaved; per fn: median / q1 / q3 seconds per call."""
+    def compare(self, *fns, warm: list[float | None] | None = None) -> list[dict]:
+        """Time each fn, blocks interleaved; per fn: median / q1 / q3 seconds per call.
+        ``warm[i]``: seconds of a call of ``fns[i]`` already made untimed (the FLOP-counting
+        step), or None; it counts as the first warm-up call."""
+        warm = warm or [None] * len(fns)
         numbers = []
-        for fn in fns:
-            per_call = 0.0
-            for _ in range(self.warmup):
+        for fn, per_call in zip(fns, warm):
+            for _ in range(self.warmup - (per_call is not None)):
                 per_call = self._block(fn, 1)[0]
             numbers.append(max(1, min(1000, round(self.block_s / max(per_call, 1e-7)))))
         samples, foreign = [[] for _ in fns], [[] for _ in fns]
@@ -264,21 +301,17 @@ class Timing:
         return out
 
 
-def bench_peak(t: Timing, device: str, sizes: tuple[int, ...]) -> dict:
-    """Best median 2 n^3 / time over square matmuls (fp32 on CPU, bf16 autocast on CUDA)."""
-    rows = []
-    for n in sizes:
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        if device == "cuda":
-            def fn(a=a, b=b):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return a @ b
-        else:
-            def fn(a=a, b=b):
-                return a @ b
-        (res,) = t.compare(fn)
-        rows.append({"size": n, **res, "flops_per_s": 2 * n**3 / res["median_s"]})
-        del a, b
+def peak_fns(device: str, sizes: tuple[int, ...]) -> list:
+    """Square matmuls for the peak: fp32 on CPU, bf16 on CUDA (inputs already bf16)."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    g = torch.Generator(device=device).manual_seed(0)
+    return [partial(torch.matmul, torch.randn(n, n, device=device, dtype=dtype, generator=g),
+                    torch.randn(n, n, device=device, dtype=dtype, generator=g)) for n in sizes]
+
+
+def peak_result(device: str, sizes: tuple[int, ...], timings: list[dict]) -> dict:
+    """The best median 2 n^3 / time over the sizes."""
+    rows = [{"size": n, **r, "flops_per_s": 2 * n**3 / r["median_s"]} for n, r in zip(sizes, timings)]
     best = max(rows, key=lambda r: r["flops_per_s"])
     return {"dtype": "bf16" if device == "cuda" else "fp32", "sizes": rows, "best_size": best["size"],
             "peak_flops_per_s": best["flops_per_s"]}
@@ -294,7 +327,7 @@ def profile_step(step: TrainStep, device: str, top: int = 15) -> str:
         step()
         if device == "cuda":
             torch.cuda.synchronize()
-    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60)
 
 
@@ -348,20 +381,23 @@ def markdown(res: dict) -> str:
         lines.append(f"| step time mmtok / AION 4M | ≤ {TARGETS['ours_over_aion']} | skipped |")
         lines += ["", f"AION comparison skipped ({res['aion_error']}). Install it with: {AION_INSTALL}"]
     if any((r["timing"].get("foreign_share") or 0) > NOISY for r in res["contenders"]):
-        lines += ["", f"⚠ = other processes used > {100 * NOISY:.0f}% of a CPU during these blocks: "
-                  "rerun on a quiet machine."]
+        lines += ["", (f"⚠ = other processes used > {100 * NOISY:.0f}% of a CPU during these blocks: "
+                       "rerun on a quiet machine.")]
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 warm-up step and 3 blocks per contender (< 60 s)")
+    p.add_argument("--quick", action="store_true",
+                   help="2 warm-up steps (the first counts FLOPs) and 3 blocks per contender (full: 3 and 9)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", action="store_true", help="torch.compile both models' forward")
     p.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler one step of each contender; print the top ops by self time")
     p.add_argument("--no-aion", action="store_true", help="skip the AION comparison")
+    p.add_argument("--aion-arch", default="gelu", choices=["gelu", "swiglu"],
+                   help="AION 4M block: gelu (fm_*_gelu, like mmtok's; default) or swiglu (fm_*_swiglu_nobias)")
     p.add_argument("--d-model", type=int, default=384)
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--encoder-depth", type=int, default=6)
@@ -380,7 +416,7 @@ def main(argv=None) -> dict:
 
     t_start = time.perf_counter()
     mark = LOAD.read()
-    t = Timing(args.device, args.quick)
+    t = Timing(args.device, args.quick, args.compile)
     have_aion, aion_info = (False, "--no-aion") if args.no_aion else aion_status()
     res = {"env": {
         "mmtok": mmtok.__version__, "torch": torch.__version__, "aion": aion_info if have_aion else None,
@@ -402,12 +438,17 @@ def main(argv=None) -> dict:
         aion, _ = make_aion(args, streams, aion_mod_dict(model, batch, masks), args.device)
         steps.append(aion)
 
-    print(f"1/3 counting FLOPs ({', '.join(s.name for s in steps)}) ...", flush=True)
-    flops = [s.count_flops() for s in steps]
-    print(f"2/3 timing training steps ({t.warmup} warm-up, {t.repeats} blocks each) ...", flush=True)
-    timings = t.compare(*steps)
-    print("3/3 matmul peak ...", flush=True)
-    res["peak"] = bench_peak(t, args.device, (4096, 8192) if args.device == "cuda" else (1024, 2048))
+    print(f"1/2 counting FLOPs ({', '.join(s.name for s in steps)}) in a first, warm-up step ...", flush=True)
+    flops, warm = [], []
+    for s in steps:
+        t0 = time.perf_counter()
+        flops.append(s.count_flops())
+        warm.append(time.perf_counter() - t0)
+    sizes = (4096, 8192) if args.device == "cuda" else (2048, 3072)
+    print(f"2/2 timing training steps and the matmul peak, interleaved ({t.warmup} warm-up incl. that one, "
+          f"{t.repeats} blocks each) ...", flush=True)
+    timings = t.compare(*steps, *peak_fns(args.device, sizes), warm=warm + [None] * len(sizes))
+    res["peak"] = peak_result(args.device, sizes, timings[len(steps):])
     peak = res["peak"]["peak_flops_per_s"]
     res["contenders"] = []
     for s, f, tm in zip(steps, flops, timings):

@@ -266,7 +266,7 @@ class Trainer:
         rest = [p for n, p in self.module.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=config.optim.lr, betas=config.optim.betas)
+            lr=config.optim.lr, betas=config.optim.betas, fused=True)  # one kernel per step, CPU and CUDA
         self.step = 0
         self._perm: tuple[int, list[int]] = (-1, [])
         self._resume()

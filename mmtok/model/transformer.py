@@ -120,7 +120,7 @@ class MultimodalMaskedTransformer(nn.Module):
                 local = (idx - sl.start).clamp(0, sl.stop - sl.start - 1)
                 v = values.to(x.device).gather(1, local.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
                 x = torch.where(((idx >= sl.start) & (idx < sl.stop)).unsqueeze(-1), proj(v.to(x.dtype)), x)
-        return x + self.position[idx] + self.stream_embedding[self.stream_of[idx]]
+        return x + self.position[idx] + F.embedding(self.stream_of[idx], self.stream_embedding)
 
     # ------------------------------------------------------------------ encoder / decoder
     def encode(self, batch: dict[str, Tensor], idx: Int[Tensor, "b k"], valid: Bool[Tensor, "b k"],
@@ -138,7 +138,7 @@ class MultimodalMaskedTransformer(nn.Module):
 
     def decode(self, features: Features, idx: Int[Tensor, "b m"], valid: Bool[Tensor, "b m"]) -> Tensor:
         """(b, m, d) decoder states for the target slots ``idx``."""
-        q = self.mask_token + self.position[idx] + self.stream_embedding[self.stream_of[idx]]
+        q = self.mask_token + self.position[idx] + F.embedding(self.stream_of[idx], self.stream_embedding)
         q_keys, ctx_keys = _at_least_one(valid), _at_least_one(features.valid)
         for block in self.decoder:
             q = block(q, q_keys, features.tokens, ctx_keys)
