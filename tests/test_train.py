@@ -129,3 +129,17 @@ def test_cli_train_embed_impute(tokens, tmp_path):
     again = subprocess.run([sys.executable, "-m", "mmtok.cli", "train", "--tokens", str(tokens), "--out", str(run),
                             "--config", str(cfg), "--quiet"], capture_output=True, text=True)
     assert again.returncode == 0 and "trained steps 6..6" in again.stdout  # finished run: nothing to do
+
+
+def test_a_bundle_brings_its_streams_and_heads(tokens, tmp_path):
+    from mmtok.hookspecs import BundleSpec
+
+    tables = mmtok.get_plugin_manager().tables
+    tables["heads"]["vitals-present"] = HeadSpec("vitals-present", VitalsPresentHead)
+    tables["bundles"]["clinic-lite"] = BundleSpec("clinic-lite", ("tok_demographics", "tok_vitals"),
+                                                  ("vitals-present",))
+    config = TrainConfig.model_validate({**CONFIG, "bundle": "clinic-lite", "max_steps": 2})
+    trainer = Trainer(tokens, tmp_path / "run", config, progress=False)
+    assert list(trainer.model.streams) == ["tok_demographics", "tok_vitals"]
+    assert list(trainer.module.heads) == ["vitals-present"]
+    assert all("head/vitals-present" in r for r in trainer.fit() if "loss" in r)
