@@ -239,20 +239,14 @@ def cmd_impute(args: argparse.Namespace) -> int:
     tensors = {name: pred}
     if args.decode:
         from mmtok.registry import Registry
-        from mmtok.shards import TokenShards
-        from mmtok.tokens import TokenStream
+        from mmtok.shards import TokenShards, stream_from_info
 
         shards = TokenShards(args.tokens)
         info = shards.streams[args.stream]
         codec = Registry.load(args.registry or shards.index["registry"]).codec(args.stream)
         if codec.fingerprint() != info["fingerprint"]:
             raise MmtokError(f"the registry's codec for {args.stream!r} is not the one that encoded {args.tokens}")
-        present = torch.ones(len(ids), dtype=torch.bool)
-        stream = (TokenStream(ids=pred, vocab_size=info["vocab_size"], grid=tuple(info["grid"]), present=present,
-                              codec=info["codec"], fingerprint=info["fingerprint"])
-                  if info["vocab_size"] is not None else
-                  TokenStream(values=pred, grid=tuple(info["grid"]), present=present, codec=info["codec"],
-                              fingerprint=info["fingerprint"]))
+        stream = stream_from_info(info, pred)
         decoded = codec.decode(stream)
         tensors[f"{args.stream}/decoded"] = getattr(decoded, codec.field).float()
     save_tensors(args.out, tensors, ids)

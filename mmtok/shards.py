@@ -26,7 +26,7 @@ from mmtok.codec import atomic_write
 from mmtok.errors import MmtokError
 from mmtok.tokens import TokenStream
 
-__all__ = ["TokenShards", "shard_name", "write_shard", "write_json", "read_json"]
+__all__ = ["TokenShards", "read_json", "shard_name", "stream_from_info", "write_json", "write_shard"]
 
 INDEX = "index.json"
 
@@ -54,6 +54,18 @@ def write_shard(directory: Path, i: int, tensors: dict[str, torch.Tensor], sidec
     atomic_write(directory / f"{shard_name(i)}.safetensors",
                  lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p)))
     write_json(directory / f"{shard_name(i)}.json", sidecar)
+
+
+def stream_from_info(info: dict, tokens: torch.Tensor, present: torch.Tensor | None = None) -> TokenStream:
+    """A `TokenStream` from a stream's ``index.json`` entry and its tokens: ids ``(b, n)`` for a
+    discrete stream, values ``(b, n, d)`` for a continuous one; ``present`` defaults to all."""
+    if present is None:
+        present = torch.ones(len(tokens), dtype=torch.bool)
+    common = {"grid": tuple(info["grid"]), "present": present, "codec": info["codec"],
+              "fingerprint": info["fingerprint"]}
+    if info["vocab_size"] is not None:
+        return TokenStream(ids=tokens.long(), vocab_size=info["vocab_size"], **common)
+    return TokenStream(values=tokens.float(), **common)
 
 
 class TokenShards:
@@ -95,8 +107,4 @@ class TokenShards:
         if not bool(present[0]):
             raise MmtokError(f"sample {sample_id!r} has no {key!r} (its manifest entry lacks "
                              f"modality {info['modality']!r})")
-        common = dict(grid=tuple(info["grid"]), present=present, codec=info["codec"],
-                      fingerprint=info["fingerprint"])
-        if info["vocab_size"] is not None:
-            return TokenStream(ids=tokens.long(), vocab_size=info["vocab_size"], **common)
-        return TokenStream(values=tokens.float(), **common)
+        return stream_from_info(info, tokens, present)

@@ -415,11 +415,10 @@ class Trainer:
         for s, key in enumerate(lay.keys):
             if key not in self.unigram:
                 continue
-            sl = lay.slots(key)
             here = valid & (stream == s)
             if not here.any():
                 continue
-            ids = batch[f"{key}/ids"].cpu().long().gather(1, (tgt - sl.start).clamp(0, sl.stop - sl.start - 1))[here]
+            ids = lay.gather(key, batch[f"{key}/ids"].cpu().long(), tgt)[0][here]
             logp = self.unigram[key]
             nll[s] = float(-logp[ids].sum())
             hits[s] = float((ids == logp.argmax()).sum())

@@ -26,7 +26,7 @@ import torch
 import mmtok
 from mmtok.manifest import Manifest
 from mmtok.model.data import TokenDataset, held_out
-from mmtok.tokens import TokenStream
+from mmtok.shards import stream_from_info
 from mmtok.train import TrainConfig, load_run
 
 HERE = Path(__file__).resolve().parent
@@ -92,10 +92,7 @@ def evaluate(tokens: Path, run: Path) -> None:
         info = data.info[key]
 
         def decode(ids: torch.Tensor) -> np.ndarray:
-            stream = TokenStream(ids=ids, vocab_size=info["vocab_size"], grid=tuple(info["grid"]),
-                                 present=torch.ones(len(ids), dtype=torch.bool), codec=info["codec"],
-                                 fingerprint=info["fingerprint"])
-            return codec.decode(stream).values.numpy()
+            return codec.decode(stream_from_info(info, ids)).values.numpy()
 
         # MaskGIT decoding gives one plausible sample; the posterior mean (token probabilities x
         # the value each bin decodes to) is the least-squares estimate the RMSE asks for

@@ -61,6 +61,16 @@ class StreamLayout:
         self.index(key)
         return self._slots[key]
 
+    def gather(self, key: str, tokens: Tensor, idx: Int[Tensor, "b k"]) -> tuple[Tensor, Bool[Tensor, "b k"]]:
+        """Stream ``key``'s tokens at sequence slots ``idx``: ``tokens`` is (b, n_key) or
+        (b, n_key, d); returns them at (b, k[, d]) and which slots belong to the stream (the
+        others hold an arbitrary token of it)."""
+        sl = self._slots[key]
+        local = (idx - sl.start).clamp(0, sl.stop - sl.start - 1)
+        if tokens.dim() == 3:
+            local = local.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+        return tokens.gather(1, local), (idx >= sl.start) & (idx < sl.stop)
+
 
 @dataclasses.dataclass
 class Masks:

@@ -116,10 +116,8 @@ class MultimodalMaskedTransformer(nn.Module):
                 values = batch.get(f"{key}/values")
                 if values is None:
                     continue
-                sl = self.layout.slots(key)
-                local = (idx - sl.start).clamp(0, sl.stop - sl.start - 1)
-                v = values.to(x.device).gather(1, local.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
-                x = torch.where(((idx >= sl.start) & (idx < sl.stop)).unsqueeze(-1), proj(v.to(x.dtype)), x)
+                v, here = self.layout.gather(key, values.to(x.device), idx)
+                x = torch.where(here.unsqueeze(-1), proj(v.to(x.dtype)), x)
         return x + self.position[idx] + F.embedding(self.stream_of[idx], self.stream_embedding)
 
     # ------------------------------------------------------------------ encoder / decoder
@@ -178,13 +176,11 @@ class MultimodalMaskedTransformer(nn.Module):
             token_loss = torch.where(discrete, ce, token_loss)
             hit = (discrete & (logits.argmax(-1) == target)).float()
         for key, head in self.value_head.items():
-            sl = self.layout.slots(key)
             values = batch.get(f"{key}/values")
             if values is None:
                 continue
-            here = (masks.target_idx >= sl.start) & (masks.target_idx < sl.stop) & valid
-            local = (masks.target_idx - sl.start).clamp(0, sl.stop - sl.start - 1)
-            true = values.to(h.device).float().gather(1, local.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+            true, here = self.layout.gather(key, values.to(h.device).float(), masks.target_idx)
+            here = here & valid
             pred = head(h).float()
             err = (pred - true).pow(2) if self.config.continuous_loss == "mse" else (pred - true).abs()
             token_loss = torch.where(here, err.mean(-1), token_loss)
