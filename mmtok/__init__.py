@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 from mmtok.codec import Codec, CodecConfig, CodecOutput
 from mmtok.errors import CodecError, MmtokError, ModalityError, PluginError, RegistryError
 from mmtok.fit import FitReport, codebook_usage, fit_codec
-from mmtok.hookspecs import BundleSpec, CodecSpec, HeadSpec, PretrainedSpec, ReaderSpec, hookimpl
+from mmtok.hookspecs import BundleSpec, CodecSpec, HeadSpec, PretrainedSpec, ReaderSpec, SampleCheckSpec, hookimpl
 from mmtok.modality import Modality
 from mmtok.plugins import get_plugin_manager
 from mmtok.registry import Registry

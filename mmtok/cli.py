@@ -28,7 +28,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         state = "disabled" if row["disabled"] else ("ERROR" if row["errors"] else "ok")
         print(f"{row['name']}  ({row['package'] or '?'} {row['version'] or '?'})  [{state}]")
         for kind, names in row["provides"].items():
-            print(f"    {kind:<11} {', '.join(names)}")
+            print(f"    {kind:<13} {', '.join(names)}")
         for err in row["errors"]:
             print(f"    error       {err}")
     return 0

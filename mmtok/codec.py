@@ -148,6 +148,9 @@ class Codec(nn.Module):
     family: ClassVar[str] = "codec"
     #: False for codecs fitted from statistics only (no gradient training)
     trainable: ClassVar[bool] = True
+    #: True for codecs that bring any input grid to their own (resampling / cropping, as CT
+    #: codecs do): decoded shapes follow `decoded_shape`, not the input's
+    accepts_any_grid: ClassVar[bool] = False
 
     encoder: nn.Module
     decoder: nn.Module
@@ -231,6 +234,11 @@ class Codec(nn.Module):
     def postprocess(self, x_hat: Tensor, **fields: Any) -> Modality:
         """Decoder output -> modality; ``fields`` fill the modality's other fields."""
         return self.modality(**{self.field: x_hat, **fields})
+
+    def decoded_shape(self, m: Modality) -> tuple[int, ...]:
+        """Shape of the field that ``decode(encode(m))`` returns: the input's unless the codec
+        resamples (``accepts_any_grid``)."""
+        return tuple(getattr(m, self.field).shape)
 
     def passthrough_fields(self, m: Modality) -> dict[str, Any]:
         """The fields of ``m`` this codec does not tokenize, e.g. to pass to `decode`."""

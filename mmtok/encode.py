@@ -211,6 +211,8 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
                     loaded[key] = manifest.build(sid, key, record, manager)
                 except SampleError as err:
                     problems.append((err.key or key, err.reason))
+        if not problems:
+            problems.extend(manifest.check_sample(sid, loaded, manager))
         if problems and on_error == "fail":
             key, reason = problems[0]
             raise EncodeError(str(ManifestProblem(sid, key, reason)))

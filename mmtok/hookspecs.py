@@ -30,7 +30,7 @@ import numpy as np
 import pluggy
 
 __all__ = ["hookspec", "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec",
-           "PretrainedSpec", "MmtokSpec", "PROJECT"]
+           "PretrainedSpec", "SampleCheckSpec", "MmtokSpec", "PROJECT"]
 
 PROJECT = "mmtok"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -57,12 +57,17 @@ class CodecSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ReaderSpec:
-    """Reads one file kind. ``read(path) -> {field: array}`` (numpy arrays or lists)."""
+    """Reads one file kind. ``read(path) -> {field: array}`` (numpy arrays or lists).
+
+    A manifest entry picks its reader by suffix, or by name (``{"path": ..., "reader": "dicom"}``).
+    ``directory`` readers take a folder (a DICOM series); they must not follow links out of it.
+    """
 
     name: str
     suffixes: tuple[str, ...]
     read: Callable[[Path], dict[str, np.ndarray]]
     description: str = ""
+    directory: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,21 @@ class PretrainedSpec:
     description: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleCheckSpec:
+    """An invariant across the modalities of one sample (a mask on its volume's grid).
+
+    ``check(modalities)`` gets ``{modality name: Modality}`` of one sample whenever it holds all
+    of ``modalities``, and raises an `MmtokError` naming the field and what it expected; the
+    problem is reported against the last of ``modalities``.
+    """
+
+    name: str
+    modalities: tuple[str, ...]
+    check: Callable[[Mapping[str, Any]], None]
+    description: str = ""
+
+
 class MmtokSpec:
     """Hook specifications. Each returns a list of what the plugin provides."""
 
@@ -121,3 +141,7 @@ class MmtokSpec:
     @hookspec
     def mmtok_pretrained(self) -> list[PretrainedSpec]:
         """Pretrained codecs shipped as package data."""
+
+    @hookspec
+    def mmtok_sample_checks(self) -> list[SampleCheckSpec]:
+        """Checks across the modalities of one sample (run by ``mmtok encode`` / ``validate``)."""

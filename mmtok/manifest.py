@@ -9,7 +9,8 @@
      "modalities": {
        "patient_demographics": {"table": "patients", "row": "p001"},
        "hsc_image": "cutouts/p001.fits",
-       "time_series": {"path": "series/p001.npz", "fields": {"values": "ecg"}}},
+       "time_series": {"path": "series/p001.npz", "fields": {"values": "ecg"}},
+       "ct_volume": {"path": "dicom/p001", "reader": "dicom"}},
      "metadata": {"site": "A"}}
   ]
 }
@@ -17,7 +18,8 @@
 
 A sample has an ``id`` and any subset of modality entries, keyed by modality name. An entry is
 a file path (string shorthand or ``{"path": ...}``, read by the plugin reader for its suffix,
-with an optional ``fields`` map from modality field to reader key), or a row of a table declared
+with an optional ``fields`` map from modality field to reader key; ``reader`` names the reader
+instead, which folder readers such as a DICOM series need), or a row of a table declared
 once under ``tables`` (``row`` is the value of the table's ``key`` column, or a 0-based index
 when the table has no key). Paths are relative to the manifest's folder and may not leave it;
 absolute paths are refused unless explicitly allowed.
@@ -81,6 +83,7 @@ class ModalityEntry(_Strict):
     fields: dict[str, str] = Field(default_factory=dict, description="modality field -> reader key")
     table: str | None = None
     row: int | str | None = None
+    reader: str | None = Field(None, description="reader name; default: the reader for the suffix")
 
     @model_validator(mode="before")
     @classmethod
@@ -95,6 +98,8 @@ class ModalityEntry(_Strict):
             raise ValueError("a table entry needs 'row'")
         if self.table is None and self.row is not None:
             raise ValueError("'row' only applies to table entries")
+        if self.table is not None and self.reader is not None:
+            raise ValueError("'reader' only applies to path entries")
         return self
 
 
@@ -170,8 +175,9 @@ class Manifest:
         return [s.id for s in self.samples]
 
     # ------------------------------------------------------------------ paths and tables
-    def resolve(self, rel: str, *, sample: str | None, key: str | None) -> Path:
-        """Path of ``rel`` under the manifest's folder; never outside it."""
+    def resolve(self, rel: str, *, sample: str | None, key: str | None, directory: bool = False) -> Path:
+        """Path of ``rel`` under the manifest's folder; never outside it. A regular file, or a
+        folder when ``directory`` (for readers of multi-file formats such as a DICOM series)."""
         absolute = os.path.isabs(rel)
         if absolute and not self.allow_absolute:
             raise SampleError(sample, key, f"absolute path {rel!r} not allowed (paths are relative "
@@ -196,19 +202,36 @@ class Manifest:
             st = None
         if not inside:
             raise SampleError(sample, key, f"path {rel!r} escapes the manifest's folder {self.root}")
-        if st is None or not stat.S_ISREG(st.st_mode):
-            raise SampleError(sample, key, f"file not found: {rel}")
+        if directory:
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                raise SampleError(sample, key, f"folder not found: {rel}")
+        elif st is None or not stat.S_ISREG(st.st_mode):
+            what = "is a folder; name its reader (\"reader\": ...)" if st is not None and stat.S_ISDIR(
+                st.st_mode) else "not found"
+            raise SampleError(sample, key, f"file {what}: {rel}")
         return Path(full)
 
     def _inside(self, path: str) -> bool:
         root = str(self.root)
         return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
-    def _read(self, full: Path, rel: str, *, sample: str | None, key: str | None, manager) -> dict:
+    def _reader(self, rel: str, name: str | None, *, sample: str | None, key: str | None, manager):
         try:
-            reader = manager.reader_for(full)
+            if name is None:
+                return manager.reader_for(rel)
+            readers = manager.tables["readers"]
+            if name not in readers:
+                raise MmtokError(f"no reader named {name!r}; installed readers are {sorted(readers)}")
+            return readers[name]
         except MmtokError as err:
-            raise SampleError(sample, key, str(err)) from None
+            hint = ""
+            if name is None and os.path.isdir(os.path.join(self.root, rel)):
+                hint = "; it is a folder: name its reader (\"reader\": ...)"
+            raise SampleError(sample, key, f"{err}{hint}") from None
+
+    def _read(self, full: Path, rel: str, *, sample: str | None, key: str | None, manager,
+              reader=None) -> dict:
+        reader = reader or self._reader(rel, None, sample=sample, key=key, manager=manager)
         try:
             record = reader.read(full)
         except Exception as err:  # noqa: BLE001 - any reader failure is this sample's problem
@@ -262,8 +285,9 @@ class Manifest:
                 index = entry.row
             record = {c: v[index] for c, v in columns.items()}
         else:
-            full = self.resolve(entry.path, sample=sample.id, key=key)
-            record = self._read(full, entry.path, sample=sample.id, key=key, manager=manager)
+            reader = self._reader(entry.path, entry.reader, sample=sample.id, key=key, manager=manager)
+            full = self.resolve(entry.path, sample=sample.id, key=key, directory=reader.directory)
+            record = self._read(full, entry.path, sample=sample.id, key=key, manager=manager, reader=reader)
         if entry.fields:
             missing = sorted(src for src in entry.fields.values() if src not in record)
             if missing:
@@ -290,6 +314,22 @@ class Manifest:
             reason = str(err).removeprefix(f"sample {sample_id!r}: ")
             raise SampleError(sample_id, key, reason) from None
 
+    @staticmethod
+    def check_sample(sample_id: str, modalities: dict[str, Modality], manager) -> list[tuple[str, str]]:
+        """Run the plugins' cross-modality checks (`SampleCheckSpec`) on one sample's modalities.
+        Returns [(key, reason)] of the checks that fail."""
+        problems = []
+        for spec in manager.tables["sample_checks"].values():
+            if all(k in modalities for k in spec.modalities):
+                try:
+                    spec.check({k: modalities[k] for k in spec.modalities})
+                except MmtokError as err:
+                    problems.append((spec.modalities[-1], str(err)))
+                except Exception as err:  # noqa: BLE001 - a malformed modality the check did not expect
+                    problems.append((spec.modalities[-1], f"check {spec.name!r} failed: "
+                                     f"{type(err).__name__}: {err}"))
+        return problems
+
     # ------------------------------------------------------------------ validation
     def validate(self, manager=None, *, check_shape=None) -> list[ManifestProblem]:
         """Every problem that can be found without running a codec. ``check_shape(key, m)``
@@ -302,13 +342,16 @@ class Manifest:
             if n > 1:
                 problems.append(ManifestProblem(sid, "id", f"duplicate id ({n} samples share it)"))
         for sample in self.samples:
+            loaded = {}
             for key in sample.modalities:
                 try:
-                    m = self.load_modality(sample, key, manager)
+                    loaded[key] = m = self.load_modality(sample, key, manager)
                     if check_shape is not None:
                         check_shape(key, m)
                 except SampleError as err:
                     problems.append(ManifestProblem(err.sample, err.key, err.reason))
                 except MmtokError as err:
                     problems.append(ManifestProblem(sample.id, key, str(err)))
+            for key, reason in self.check_sample(sample.id, loaded, manager):
+                problems.append(ManifestProblem(sample.id, key, reason))
         return list(dict.fromkeys(problems))  # a broken table is reported once

@@ -19,16 +19,17 @@ from typing import Any
 import pluggy
 
 from mmtok.errors import CodecError, PluginError
-from mmtok.hookspecs import PROJECT, BundleSpec, CodecSpec, HeadSpec, MmtokSpec, PretrainedSpec, ReaderSpec
+from mmtok.hookspecs import (PROJECT, BundleSpec, CodecSpec, HeadSpec, MmtokSpec, PretrainedSpec, ReaderSpec,
+                             SampleCheckSpec)
 from mmtok.modality import Modality
 
 __all__ = ["PluginInfo", "PluginManager", "get_plugin_manager", "reset_plugin_manager",
            "DISABLE_ENV"]
 
 DISABLE_ENV = "MMTOK_DISABLE_PLUGINS"
-KINDS = ("modalities", "codecs", "readers", "heads", "bundles", "pretrained")
+KINDS = ("modalities", "codecs", "readers", "heads", "bundles", "pretrained", "sample_checks")
 _SPEC_TYPE = {"codecs": CodecSpec, "readers": ReaderSpec, "heads": HeadSpec,
-              "bundles": BundleSpec, "pretrained": PretrainedSpec}
+              "bundles": BundleSpec, "pretrained": PretrainedSpec, "sample_checks": SampleCheckSpec}
 
 
 @dataclasses.dataclass

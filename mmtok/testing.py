@@ -139,8 +139,8 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
     _require(type(out) is codec.modality, f"{name}: decode returned {type(out).__name__}, "
              f"expected {codec.modality.__name__}")
     x, y = getattr(ex, codec.field), getattr(out, codec.field)
-    _require(tuple(y.shape) == tuple(x.shape), f"{name}: decoded {codec.field} has shape "
-             f"{tuple(y.shape)}, input had {tuple(x.shape)}")
+    _require(tuple(y.shape) == codec.decoded_shape(ex), f"{name}: decoded {codec.field} has shape "
+             f"{tuple(y.shape)}, expected {codec.decoded_shape(ex)} (input {tuple(x.shape)})")
     _require(bool(torch.isfinite(y).all()), f"{name}: decoded values are not finite")
     again = getattr(codec.decode(s, **codec.passthrough_fields(ex)), codec.field)
     _require(torch.equal(y, again), f"{name}: decode is not deterministic")
@@ -152,6 +152,12 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
         y2 = getattr(loaded.decode(s, **codec.passthrough_fields(ex)), codec.field)
         _require(torch.allclose(y, y2, atol=1e-5, rtol=1e-4), f"{name}: reloaded codec decodes differently")
     # bad input must be a clear mmtok error, never a raw torch traceback
+    if not codec.accepts_any_grid:
+        _check_wrong_shape(codec, ex, x, name)
+    _check_stream_errors(codec, s, name)
+
+
+def _check_wrong_shape(codec: Codec, ex: Modality, x: torch.Tensor, name: str) -> None:
     bad = dict(codec.passthrough_fields(ex), **{codec.field: _bad_shape(x)})
     try:
         codec.encode(codec.modality(**bad))
@@ -164,6 +170,9 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
     else:
         raise ConformanceError(f"{name}: encoded a wrong-shaped {codec.field!r} "
                                f"{tuple(bad[codec.field].shape)} without error")
+
+
+def _check_stream_errors(codec: Codec, s: TokenStream, name: str) -> None:
     wrong = dataclasses.replace(s, grid=(*s.grid, 1))
     try:
         codec.decode(wrong)
@@ -176,9 +185,13 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
         raise ConformanceError(f"{name}: decoded a stream with the wrong grid without error")
 
 
-def check_plugin(plugin: Any, *, name: str | None = None, batch_size: int = 3) -> list[str]:
+def check_plugin(plugin: Any, *, name: str | None = None, batch_size: int = 3,
+                 codec_overrides: dict[str, dict] | None = None) -> list[str]:
     """Register ``plugin`` (a module or object with hook implementations) next to mmtok's
-    built-ins and check everything it provides. Returns the names checked."""
+    built-ins and check everything it provides. Returns the names checked.
+
+    ``codec_overrides`` maps codec names to config overrides, to check codecs whose default
+    size is costly (a 64x512x512 CT grid) at a small one."""
     import mmtok.builtin
     from mmtok.plugins import PluginManager
 
@@ -197,7 +210,7 @@ def check_plugin(plugin: Any, *, name: str | None = None, batch_size: int = 3) -
             modality = manager.modality(spec.modality)
         except MmtokError as err:
             raise ConformanceError(f"codec {codec_name!r}: {err}") from err
-        codec = spec.build(modality=modality)
+        codec = spec.build((codec_overrides or {}).get(codec_name), modality=modality)
         check_codec(codec, modality.example(batch_size, generator=torch.Generator().manual_seed(0)))
         checked.append(f"codec:{codec_name}")
     for pre in info.provides.get("pretrained", []):

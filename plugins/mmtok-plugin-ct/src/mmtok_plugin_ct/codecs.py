@@ -1,0 +1,210 @@
+"""CT codecs.
+
+* `CTVolumeCodec`: the core 3D patch codec (`mmtok.codecs.VolumeCodec`) behind CT
+  preprocessing: resample to ``spacing_mm``, crop / pad to ``size``, window to [0, 1]. One token
+  per ``patch`` (default 4x16x16) voxels; FSQ by default, continuous with
+  ``quantizer: {kind: continuous}``. Decoding gives HU back on the preprocessed grid (values
+  outside the window come back clipped to its ends).
+* `AnatomyMaskCodec`: region composition per patch. Each patch's voxels are counted per region
+  group (`mmtok_plugin_ct.regions`, 20 groups): the discrete variant emits the dominant group
+  (vocabulary 20), the continuous one the composition vector (20 fractions summing to 1).
+  No training: the geometry is the codec.
+"""
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from mmtok.codec import Codec, CodecConfig, CodecOutput, inference
+from mmtok.codecs import VolumeCodec
+from mmtok.codecs.patch import PatchCodecConfig
+from mmtok.errors import CodecError, ModalityError
+from mmtok.modality import Modality
+from mmtok.quantize import ContinuousConfig
+from mmtok.tokens import TokenStream
+from mmtok_plugin_ct.modalities import AnatomyMask, CTVolume
+from mmtok_plugin_ct.preprocessing import (CTPreprocessConfig, Window, preprocess_mask, preprocess_volume,
+                                           unwindow)
+from mmtok_plugin_ct.regions import NUM_REGIONS, group_labels
+
+__all__ = ["CTVolumeCodecConfig", "CTVolumeCodec", "AnatomyMaskCodecConfig", "AnatomyMaskCodec"]
+
+
+class _Geometry:
+    """Shared by both codecs: the preprocessing grid."""
+
+    def preprocessing(self) -> CTPreprocessConfig:
+        return CTPreprocessConfig(window=self.window, spacing_mm=self.spacing_mm, size=self.size,
+                                  crop=self.crop, pad_hu=self.pad_hu)
+
+
+class CTVolumeCodecConfig(_Geometry, PatchCodecConfig):
+    channels: int = Field(1, ge=1, le=1)
+    size: list[int] = Field(default_factory=lambda: [64, 512, 512], min_length=3, max_length=3)
+    patch: list[int] = Field(default_factory=lambda: [4, 16, 16], min_length=3, max_length=3)
+    window: str | Window = "soft_tissue"
+    spacing_mm: list[float] | None = Field(None, min_length=3, max_length=3,
+                                           description="target voxel size (d, h, w); None keeps the input's")
+    crop: str = Field("center", pattern="^(center|start)$")
+    pad_hu: float = -1024.0
+
+    @model_validator(mode="after")
+    def _valid_preprocessing(self):
+        self.preprocessing()  # raises on an unknown window / bad spacing
+        return self
+
+
+class CTVolumeCodec(VolumeCodec):
+    """CT volume (HU, any grid) -> preprocess -> 3D patch tokens. x: (b, 1, *size) in [0, 1]."""
+
+    config_class = CTVolumeCodecConfig
+    family: ClassVar[str] = "ct-volume-patch"
+    accepts_any_grid: ClassVar[bool] = True
+
+    def decoded_shape(self, m: CTVolume) -> tuple[int, ...]:
+        return (len(m), 1, *self.config.size)
+
+    def preprocess(self, m: CTVolume) -> Tensor:
+        x = preprocess_volume(m.hu, m.spacing_mm, self.config.preprocessing())
+        return self.norm(x)
+
+    @torch.no_grad()
+    def fit_statistics(self, m: CTVolume) -> None:
+        self.norm.fit(preprocess_volume(m.hu, m.spacing_mm, self.config.preprocessing()))
+
+    def output_spacing(self, m: CTVolume | None = None) -> Tensor | None:
+        if self.config.spacing_mm is not None:
+            return torch.tensor([self.config.spacing_mm], dtype=torch.float32)
+        return None if m is None else m.spacing_mm
+
+    def passthrough_fields(self, m: CTVolume) -> dict:
+        return {"spacing_mm": self.output_spacing(m)}
+
+    def postprocess(self, x_hat: Tensor, **fields) -> CTVolume:
+        x = self.norm.inverse(x_hat.float()).clamp(0.0, 1.0)
+        spacing = fields.pop("spacing_mm", None)
+        if spacing is None:
+            spacing = self.output_spacing()
+            if spacing is None:
+                raise CodecError(f"{self.name}: pass spacing_mm= to decode (the codec keeps the input "
+                                 "spacing, which tokens do not carry)")
+        spacing = spacing.to(x.device).expand(x.shape[0], 3).clone()
+        return CTVolume(hu=unwindow(x, *self.config.preprocessing().center_width()), spacing_mm=spacing, **fields)
+
+
+class AnatomyMaskCodecConfig(_Geometry, CodecConfig):
+    size: list[int] = Field(default_factory=lambda: [64, 512, 512], min_length=3, max_length=3)
+    patch: list[int] = Field(default_factory=lambda: [4, 16, 16], min_length=3, max_length=3)
+    spacing_mm: list[float] | None = Field(None, min_length=3, max_length=3)
+    crop: str = Field("center", pattern="^(center|start)$")
+    window: str = "soft_tissue"  # unused by masks; keeps the geometry config one type
+    pad_hu: float = -1024.0
+    num_regions: int = Field(NUM_REGIONS, ge=2, le=256)
+    quantizer: ContinuousConfig | None = Field(
+        None, description="null: one discrete token per patch (dominant region); "
+                          "{kind: continuous}: the region composition per patch")
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        for s, p in zip(self.size, self.patch):
+            if p < 1 or s % p:
+                raise ValueError(f"size {self.size} must be divisible by patch {self.patch}")
+        return self
+
+
+class _RegionTokens(nn.Module):
+    """The 'quantizer' of the mask codec: region ids or composition vectors, no parameters."""
+
+    depth = 1
+
+    def __init__(self, num_regions: int, discrete: bool):
+        super().__init__()
+        self.dim = num_regions
+        self.is_discrete = discrete
+        self.vocab_size = num_regions if discrete else None
+
+
+class AnatomyMaskCodec(Codec):
+    """labels (b, 1, d, h, w) -> per-patch region composition (b, n, R) -> dominant region ids
+    (b, n) (discrete) or the composition itself (continuous)."""
+
+    config_class = AnatomyMaskCodecConfig
+    family: ClassVar[str] = "anatomy-composition"
+    trainable: ClassVar[bool] = False
+    accepts_any_grid: ClassVar[bool] = True
+
+    def decoded_shape(self, m: AnatomyMask) -> tuple[int, ...]:
+        return (len(m), 1, *self.config.size)
+
+    def __init__(self, config, modality: type[Modality] | None = None, name: str | None = None):
+        super().__init__(config, modality, name)
+        self.quantizer = _RegionTokens(self.config.num_regions, self.config.quantizer is None)
+
+    @property
+    def token_grid(self) -> tuple[int, ...]:
+        return tuple(s // p for s, p in zip(self.config.size, self.config.patch))
+
+    def regions(self, m: AnatomyMask) -> Tensor:
+        """Region group ids on the preprocessed grid: (b, 1, *size) long."""
+        labels = preprocess_mask(m.labels, m.spacing_mm, self.config.preprocessing())
+        if m.label_set == "totalsegmentator-total":
+            labels = group_labels(labels)
+        elif m.label_set != "region-groups":
+            raise ModalityError(f"{self.name}: unknown AnatomyMask.label_set {m.label_set!r}; expected "
+                                "'totalsegmentator-total' or 'region-groups'")
+        if int(labels.max()) >= self.config.num_regions:
+            raise ModalityError(f"{self.name}: region id {int(labels.max())} >= num_regions={self.config.num_regions}")
+        return labels
+
+    def composition(self, regions: Tensor) -> Tensor:
+        """(b, 1, *size) region ids -> (b, n, R) fraction of each patch's voxels per region."""
+        one_hot = F.one_hot(regions[:, 0], self.config.num_regions).permute(0, 4, 1, 2, 3).float()
+        frac = F.avg_pool3d(one_hot, kernel_size=self.config.patch, stride=self.config.patch)
+        return frac.flatten(2).transpose(1, 2)
+
+    def preprocess(self, m: AnatomyMask) -> Tensor:
+        return self.composition(self.regions(m))
+
+    def forward(self, m: AnatomyMask) -> CodecOutput:
+        self.check_input(m)
+        comp = self.preprocess(m)
+        ids = comp.argmax(-1) if self.is_discrete else None
+        return CodecOutput(comp, comp, ids, comp.new_zeros(()))
+
+    @inference
+    def encode(self, m: AnatomyMask) -> TokenStream:
+        out = self.forward(m)
+        present = torch.ones(out.x.shape[0], dtype=torch.bool)
+        if self.is_discrete:
+            return TokenStream(grid=self.grid, present=present, ids=out.ids, vocab_size=self.vocab_size,
+                               codec=self.name, fingerprint=self.fingerprint())
+        return TokenStream(grid=self.grid, present=present, values=out.x, codec=self.name,
+                           fingerprint=self.fingerprint())
+
+    @inference
+    def decode(self, stream: TokenStream, **fields) -> AnatomyMask:
+        """Each patch filled with its (dominant) region: a blocky mask on the preprocessed grid."""
+        self.check_stream(stream)
+        ids = stream.ids.long() if stream.is_discrete else stream.values.argmax(-1)
+        b = ids.shape[0]
+        grid = ids.reshape(b, 1, *self.token_grid)
+        for axis, p in enumerate(self.config.patch):
+            grid = grid.repeat_interleave(p, dim=2 + axis)
+        spacing = fields.pop("spacing_mm", None)
+        if spacing is None:
+            if self.config.spacing_mm is None:
+                raise CodecError(f"{self.name}: pass spacing_mm= to decode")
+            spacing = torch.tensor([self.config.spacing_mm], dtype=torch.float32)
+        return AnatomyMask(labels=grid, spacing_mm=spacing.expand(b, 3).clone(), label_set="region-groups",
+                           **fields)
+
+    def passthrough_fields(self, m: AnatomyMask) -> dict:
+        spacing = None if self.config.spacing_mm is None else torch.tensor([self.config.spacing_mm])
+        return {"spacing_mm": m.spacing_mm if spacing is None else spacing}
+
+    def reconstruction_loss(self, out: CodecOutput) -> Tensor:
+        """Fraction of voxels whose region differs from their patch's dominant one."""
+        return 1.0 - out.x.max(-1).values.mean()

@@ -1,0 +1,77 @@
+"""What mmtok-plugin-ct registers (entry point ``ct`` in group ``mmtok``)."""
+
+from mmtok import BundleSpec, CodecSpec, HeadSpec, ReaderSpec, SampleCheckSpec, hookimpl
+
+from mmtok_plugin_ct.codecs import AnatomyMaskCodec, CTVolumeCodec
+from mmtok_plugin_ct.modalities import AnatomyMask, CTVolume, ReportText, check_aligned
+from mmtok_plugin_ct.readers import NIFTI_SUFFIXES, read_dicom_series, read_nifti, read_report
+from mmtok_plugin_ct.text import ReportTextCodec
+
+FSQ = {"kind": "fsq", "levels": [8, 5, 5, 5]}
+#: the seed's input: 64 x 512 x 512 voxels; at 3 x 0.75 x 0.75 mm that is 192 x 384 x 384 mm
+GEOMETRY = {"size": [64, 512, 512], "patch": [4, 16, 16], "spacing_mm": [3.0, 0.75, 0.75]}
+
+
+@hookimpl
+def mmtok_modalities():
+    return [CTVolume, AnatomyMask, ReportText]
+
+
+@hookimpl
+def mmtok_codecs():
+    return [
+        CodecSpec("ct-volume-fsq", "ct_volume", CTVolumeCodec, {**GEOMETRY, "window": "soft_tissue", "quantizer": FSQ},
+                  "CT: resample to 3x0.75x0.75 mm, crop/pad to 64x512x512, soft-tissue window; one FSQ "
+                  "token of 1000 per 4x16x16 patch (16384)"),
+        CodecSpec("ct-volume-continuous", "ct_volume", CTVolumeCodec,
+                  {**GEOMETRY, "window": "soft_tissue", "quantizer": {"kind": "continuous"}},
+                  "as ct-volume-fsq, continuous 8-d latent per patch"),
+        CodecSpec("anatomy-mask-regions", "anatomy_mask", AnatomyMaskCodec, dict(GEOMETRY),
+                  "dominant region group (of 20) per 4x16x16 patch, same grid as ct-volume-fsq"),
+        CodecSpec("anatomy-mask-composition", "anatomy_mask", AnatomyMaskCodec,
+                  {**GEOMETRY, "quantizer": {"kind": "continuous"}},
+                  "fraction of each of the 20 region groups per 4x16x16 patch (continuous)"),
+        CodecSpec("report-words", "report_text", ReportTextCodec, {"vocab_size": 512, "num_tokens": 64},
+                  "word-level vocabulary fitted on the reports; 64 tokens, lines separated by <sep>"),
+    ]
+
+
+@hookimpl
+def mmtok_readers():
+    return [
+        ReaderSpec("nifti", NIFTI_SUFFIXES, read_nifti,
+                   "NIfTI volume (nibabel), reoriented to the canonical SAR layout with spacing"),
+        ReaderSpec("dicom", (".dcmdir",), read_dicom_series,
+                   "folder of one DICOM CT series (pydicom): sorted by position, rescaled to HU",
+                   directory=True),
+        ReaderSpec("report-text", (".txt",), read_report, "UTF-8 report: impression, then one finding per line"),
+    ]
+
+
+def _ct_alignment_head(**config):
+    from mmtok_plugin_ct.head import CTAlignmentHead
+
+    return CTAlignmentHead(**config)
+
+
+@hookimpl
+def mmtok_heads():
+    return [HeadSpec("ct-alignment", _ct_alignment_head,
+                     "CT volume + mask streams <-> report stream, bidirectional InfoNCE on the shared "
+                     "transformer's features")]
+
+
+@hookimpl
+def mmtok_bundles():
+    return [BundleSpec("ct-encoder", ("tok_ct_volume", "tok_anatomy_mask", "tok_report"), ("ct-alignment",),
+                       "3D CT volumes, anatomy masks and reports, aligned contrastively")]
+
+
+def _aligned(modalities):
+    check_aligned(modalities["ct_volume"], modalities["anatomy_mask"])
+
+
+@hookimpl
+def mmtok_sample_checks():
+    return [SampleCheckSpec("ct-mask-on-volume-grid", ("ct_volume", "anatomy_mask"), _aligned,
+                            "an anatomy mask must lie on its CT volume's voxel grid")]
