@@ -142,6 +142,21 @@ def cmd_decode(args: argparse.Namespace) -> int:
     atomic_write(out, write)
     print(f"{args.sample} {args.stream} -> {out} ({decoded.__class__.__name__}.{codec.field}, "
           f"shape {array.shape})")
+    if args.manifest is not None:  # compare with the original, as the codec sees it
+        from mmtok.fit import reconstruction_errors
+        from mmtok.manifest import Manifest
+        from mmtok.plugins import get_plugin_manager
+
+        manifest = Manifest.load(args.manifest)
+        sample = next((s for s in manifest.samples if s.id == args.sample), None)
+        if sample is None:
+            raise MmtokError(f"{args.manifest}: no sample {args.sample!r}")
+        original = manifest.load_modality(sample, shards.streams[args.stream]["modality"], get_plugin_manager())
+        target = codec.reconstruction_target(original).float()
+        rmse, nrmse, _ = reconstruction_errors(target, getattr(decoded, codec.field).float())
+        mae = float((target - getattr(decoded, codec.field).float()).abs().mean())
+        print(f"reconstruction error vs {args.manifest.name}: rmse {rmse:.4g}, mae {mae:.4g}, "
+              f"nrmse {nrmse:.4g} (units of {type(original).__name__}.{codec.field})")
     return 0
 
 
@@ -298,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--registry", type=Path, default=None, help="default: the one used for encoding")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="also report the reconstruction error against this manifest's original")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("fit-codec", help="train a stream's codec on the manifest's data")

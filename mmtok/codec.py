@@ -240,6 +240,11 @@ class Codec(nn.Module):
         resamples (``accepts_any_grid``)."""
         return tuple(getattr(m, self.field).shape)
 
+    def reconstruction_target(self, m: Modality) -> Tensor:
+        """What ``decode(encode(m))`` should give back for field ``self.field``: the field itself,
+        or for codecs that resample / window (``accepts_any_grid``) the input on their grid."""
+        return getattr(m, self.field)
+
     def passthrough_fields(self, m: Modality) -> dict[str, Any]:
         """The fields of ``m`` this codec does not tokenize, e.g. to pass to `decode`."""
         return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)

@@ -89,9 +89,9 @@ def evaluate_shards(tokens_dir, manifest_path, registry_path=None) -> dict[str, 
         for s in shards.index["samples"]:
             if key in s["streams"]:
                 m = manifest.load_modality(by_id[s["id"]], info["modality"], manager)
-                originals.append(getattr(m, codec.field))
+                originals.append(codec.reconstruction_target(m).float())
                 decoded.append(getattr(codec.decode(shards.stream(s["id"], key),
-                                                    **codec.passthrough_fields(m)), codec.field))
+                                                    **codec.passthrough_fields(m)), codec.field).float())
         if not originals:
             continue
         rmse, nrmse, rmse_c = reconstruction_errors(torch.cat(originals), torch.cat(decoded))
@@ -105,8 +105,9 @@ def evaluate_shards(tokens_dir, manifest_path, registry_path=None) -> dict[str, 
 @torch.no_grad()
 def evaluate_codec(codec: Codec, data: Modality, *, steps: int = 0, history=None,
                    batch_size: int = 256) -> FitReport:
-    """Encode -> decode ``data`` and compare with the original field."""
-    streams, recon, mse = [], [], []
+    """Encode -> decode ``data`` and compare with the original field (as the codec sees it:
+    `Codec.reconstruction_target`)."""
+    streams, recon, targets, mse = [], [], [], []
     for start in range(0, len(data), batch_size):
         batch = data[start:start + batch_size]
         stream = codec.encode(batch)
@@ -115,8 +116,9 @@ def evaluate_codec(codec: Codec, data: Modality, *, steps: int = 0, history=None
         out = CodecOutput(codec.preprocess(batch), codec.preprocess(decoded), stream.ids, torch.zeros(()))
         mse.append(codec.reconstruction_loss(out) * len(batch))
         streams.append(stream)
-        recon.append(getattr(decoded, codec.field))
-    rmse, nrmse, rmse_c = reconstruction_errors(getattr(data, codec.field), torch.cat(recon))
+        recon.append(getattr(decoded, codec.field).float())
+        targets.append(codec.reconstruction_target(batch).float())
+    rmse, nrmse, rmse_c = reconstruction_errors(torch.cat(targets), torch.cat(recon))
     usage = {"perplexity": None, "codes_used": None, "usage": None}
     if codec.is_discrete:
         usage = codebook_usage(torch.cat([s.ids for s in streams]), codec.vocab_size)

@@ -47,25 +47,25 @@ def test_good_registry_resolves_and_builds(tmp_path):
 def test_every_problem_is_reported(tmp_path):
     text = """
     streams:
-      tok_a: {modality: ct_volume, codec: ct-fsq, vocab_size: 10, num_tokens: 1}
+      tok_a: {modality: mri_volume, codec: mri-fsq, vocab_size: 10, num_tokens: 1}
       tok_b: {modality: image, codec: spectrum-patch, vocab_size: 1000, num_tokens: 16}
       tok_c: {modality: spectrum, codec: spectrum-patch, vocab_size: 512, num_tokens: 8}
       tok_d: {modality: spectrum, codec: spectrum-patch, config: {patch: [7]}, vocab_size: 1, num_tokens: 1}
       tok_e: {modality: scalars, codec: table-mlp, vocab_size: 1000, num_tokens: 2, checkpoint: nowhere/codec}
     bundles:
-      b1: {streams: [tok_a, tok_zz], heads: [ct-clip]}
+      b1: {streams: [tok_a, tok_zz], heads: [mri-clip]}
     """
     problems = [str(p) for p in Registry.load(write(tmp_path, text)).check()]
     joined = "\n".join(problems)
-    assert "streams.tok_a.modality: unknown modality 'ct_volume'" in joined
-    assert "streams.tok_a.codec: unknown codec 'ct-fsq'" in joined
+    assert "streams.tok_a.modality: unknown modality 'mri_volume'" in joined
+    assert "streams.tok_a.codec: unknown codec 'mri-fsq'" in joined
     assert "streams.tok_b.codec: codec 'spectrum-patch' tokenizes modality 'spectrum', not 'image'" in joined
     assert "streams.tok_c.vocab_size: declared 512" in joined and "has 1000" in joined
     assert "streams.tok_c.num_tokens: declared 8" in joined
     assert "streams.tok_d.config" in joined and "divisible" in joined
     assert "streams.tok_e.checkpoint" in joined and "nowhere/codec" in joined
     assert "bundles.b1.streams: unknown stream 'tok_zz'" in joined
-    assert "bundles.b1.heads: unknown head 'ct-clip'" in joined
+    assert "bundles.b1.heads: unknown head 'mri-clip'" in joined
     assert len(problems) == 9
 
 

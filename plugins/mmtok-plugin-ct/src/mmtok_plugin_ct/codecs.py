@@ -75,6 +75,11 @@ class CTVolumeCodec(VolumeCodec):
     def fit_statistics(self, m: CTVolume) -> None:
         self.norm.fit(preprocess_volume(m.hu, m.spacing_mm, self.config.preprocessing()))
 
+    def reconstruction_target(self, m: CTVolume) -> Tensor:
+        """The input in HU on the codec's grid, clipped to its window: (b, 1, *size)."""
+        cfg = self.config.preprocessing()
+        return unwindow(preprocess_volume(m.hu, m.spacing_mm, cfg), *cfg.center_width())
+
     def output_spacing(self, m: CTVolume | None = None) -> Tensor | None:
         if self.config.spacing_mm is not None:
             return torch.tensor([self.config.spacing_mm], dtype=torch.float32)
@@ -158,6 +163,9 @@ class AnatomyMaskCodec(Codec):
         if int(labels.max()) >= self.config.num_regions:
             raise ModalityError(f"{self.name}: region id {int(labels.max())} >= num_regions={self.config.num_regions}")
         return labels
+
+    def reconstruction_target(self, m: AnatomyMask) -> Tensor:
+        return self.regions(m)
 
     def composition(self, regions: Tensor) -> Tensor:
         """(b, 1, *size) region ids -> (b, n, R) fraction of each patch's voxels per region."""

@@ -55,15 +55,13 @@ def crop_boxes(case: CTCase, size: tuple[int, int, int], *, stride: tuple[int, i
                z_range: tuple[int, int] | None = None, min_body: float = 0.5) -> list[tuple[int, int, int]]:
     """Corner (z, y, x) of every crop on a ``stride`` grid that lies inside ``z_range`` (slices)
     and is at least ``min_body`` body (HU > -500)."""
-    d, h, w = case.hu.shape
-    z0, z1 = z_range or (0, d)
-    out = []
-    for z in range(z0, z1 - size[0] + 1, stride[0]):
-        for y in range(0, h - size[1] + 1, stride[1]):
-            for x in range(0, w - size[2] + 1, stride[2]):
-                block = case.hu[z:z + size[0], y:y + size[1], x:x + size[2]]
-                if float((block > -500).float().mean()) >= min_body:
-                    out.append((z, y, x))
+    z0, z1 = z_range or (0, case.hu.shape[0])
+    body = (case.hu[z0:z1] > -500).float()[None, None]
+    if any(n < k for n, k in zip(body.shape[2:], size)):
+        return []
+    frac = torch.nn.functional.avg_pool3d(body, kernel_size=size, stride=stride)[0, 0]  # every box at once
+    out = [(z0 + int(z) * stride[0], int(y) * stride[1], int(x) * stride[2])
+           for z, y, x in torch.nonzero(frac >= min_body).tolist()]
     return out
 
 

@@ -61,11 +61,16 @@ def _lookup_array() -> np.ndarray:
     return table
 
 
+@functools.cache
+def _lookup_tensor() -> Tensor:
+    return torch.from_numpy(_lookup_array().copy())
+
+
 def group_lookup() -> Tensor:
     """(256,) long: label id -> region group id."""
-    return torch.from_numpy(_lookup_array().copy())
+    return _lookup_tensor().clone()
 
 
 def group_labels(labels: Tensor) -> Tensor:
     """Fine TotalSegmentator ids (any shape, values in [0, 255]) -> region group ids."""
-    return group_lookup().to(labels.device)[labels.long().clamp(0, 255)]
+    return _lookup_tensor().to(labels.device)[labels.long().clamp(0, 255)]

@@ -13,6 +13,8 @@ README that uses it says so. Line 0 is the impression, each further line one fin
 reasoning step) starting with its region group name (`mmtok_plugin_ct.text.step_regions`).
 """
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -40,9 +42,16 @@ def _join(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _vertebra_levels(labels: Tensor) -> list[str]:
+@functools.cache
+def _axes(shape: tuple[int, ...]) -> tuple[Tensor, ...]:
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")
+    return tuple(g.reshape(-1) for g in grids)
+
+
+def _vertebra_levels(label_counts: Tensor) -> list[str]:
     names = totalseg_label_names()
-    found = [names[int(v)] for v in torch.unique(labels) if int(v) in names and names[int(v)].startswith("vertebrae_")]
+    found = [names[v] for v in torch.nonzero(label_counts).flatten().tolist()
+             if v in names and names[v].startswith("vertebrae_")]
     order = ["C", "T", "L", "S"]
     found = sorted(found, key=lambda n: (order.index(n[10]), int(n[11:])))
     return [n.removeprefix("vertebrae_") for n in found]
@@ -52,23 +61,25 @@ def findings_report(labels: Tensor, *, min_fraction: float = 0.01, max_findings:
     """Report for one (sub-)volume of fine TotalSegmentator labels (d, h, w) (canonical layout)."""
     if labels.ndim != 3:
         raise ValueError(f"labels must be (d, h, w), found shape {tuple(labels.shape)}")
-    groups = group_labels(labels)
+    flat = labels.reshape(-1).long().clamp(0, 255)
+    groups = group_labels(flat)
     total = groups.numel()
-    counts = torch.bincount(groups.reshape(-1), minlength=len(_GROUP_NAMES))
+    counts = torch.bincount(groups, minlength=len(_GROUP_NAMES))
     found = [(int(counts[g]) / total, g) for g in range(1, len(_GROUP_NAMES)) if counts[g] / total >= min_fraction]
     found.sort(key=lambda x: (-x[0], x[1]))
     found = found[:max_findings]
-    levels = _vertebra_levels(labels)
+    levels = _vertebra_levels(torch.bincount(flat, minlength=256))
     level = "" if not levels else (f" at the level of {levels[0]}" if len(levels) == 1
                                    else f" at the level of {levels[0]} to {levels[-1]}")
     if not found:
         return f"CT slab{level} showing no labelled organ."
     lines = [f"CT slab{level} showing {_join([_GROUP_NAMES[g] for _, g in found])}."]
-    coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in groups.shape],
-                                        indexing="ij"), dim=-1)
+    # centroid of every group: per-axis coordinate sums / voxel counts
+    sums = torch.stack([torch.bincount(groups, weights=a, minlength=len(_GROUP_NAMES))
+                        for a in _axes(tuple(labels.shape))], 1)
     for frac, g in found:
-        center = coords[groups == g].mean(dim=0)
+        center = sums[g] / counts[g]
         pct = max(5, int(round(frac * 20)) * 5)
         lines.append(f"{_GROUP_NAMES[g]}: {_amount(frac)} portion, about {pct}% of the slab, "
-                     f"{_position(center, tuple(groups.shape))} part of the field.")
+                     f"{_position(center, tuple(labels.shape))} part of the field.")
     return "\n".join(lines)

@@ -110,6 +110,12 @@ class ReportTextCodec(Codec):
     def token_grid(self) -> tuple[int, ...]:
         return (self.config.num_tokens,)
 
+    def reconstruction_target(self, m: ReportText) -> Tensor:
+        """The report as this codec spells it back (lower case, tokens space-separated) in bytes."""
+        texts = [" ".join(w if w != "<sep>" else "\n" for w in tokenize(t)) for t in m.texts()]
+        texts = ["\n".join(line.strip() for line in t.split("\n")) for t in texts]
+        return ReportText.from_texts(texts, max_bytes=self.config.num_tokens * _MAX_WORD_BYTES).utf8
+
     def fit_statistics(self, m: ReportText) -> None:
         self.quantizer.fit(m.texts())
 
