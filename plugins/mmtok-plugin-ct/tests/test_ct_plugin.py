@@ -32,3 +32,38 @@ def test_discovered_through_entry_point():
     assert manager.reader_for("scan.nii.gz").name == "nifti"
     assert manager.reader_for("SCAN.NII").name == "nifti"
     assert manager.reader_for("report.txt").name == "report-text"
+
+
+def test_wheel_installs_and_is_discovered(tmp_path):
+    """`pip wheel` gives mmtok_plugin_ct-*.whl; installed (not editable), `mmtok plugins` lists
+    the CT modalities, codecs, readers, head and bundle, and the label table ships with it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(tmp_path / "dist"), str(root)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    assert wheel.name.startswith("mmtok_plugin_ct-0.1.0-")
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site),
+                          str(wheel)], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    listed = subprocess.run([sys.executable, "-m", "mmtok.cli", "plugins", "--json"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    ct = {r["name"]: r for r in json.loads(listed.stdout)}["ct"]
+    assert not ct["errors"]
+    assert ct["provides"]["modalities"] == MODALITIES and ct["provides"]["codecs"] == CODECS
+    assert ct["provides"]["heads"] == ["ct-alignment"] and ct["provides"]["bundles"] == ["ct-encoder"]
+    code = ("import mmtok_plugin_ct as c\nfrom mmtok_plugin_ct.regions import totalseg_label_names\n"
+            "print(c.__file__)\nprint(len(totalseg_label_names()))\n")
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    module_file, labels = run.stdout.split("\n")[:2]
+    assert module_file.startswith(str(site)) and labels == "117"
