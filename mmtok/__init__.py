@@ -16,6 +16,6 @@ from mmtok.tokens import TokenBatch, TokenStream
 __all__ = [
     "__version__", "Modality", "ModalityError", "Codec", "CodecConfig", "CodecOutput",
     "CodecError", "MmtokError", "PluginError", "RegistryError", "TokenStream", "TokenBatch",
-    "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec", "PretrainedSpec",
+    "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec", "PretrainedSpec", "SampleCheckSpec",
     "get_plugin_manager", "Registry", "TokenShards", "fit_codec", "FitReport", "codebook_usage",
 ]

@@ -166,7 +166,7 @@ class ReportText(Modality):
     name: ClassVar[str] = "report_text"
     token_key: ClassVar[str] = "tok_report"
     utf8: Int[Tensor, "b n"]
-    length: Int[Tensor, "b"]
+    length: Int[Tensor, " b"]
 
     def check(self) -> None:
         super().check()
