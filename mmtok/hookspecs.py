@@ -72,7 +72,10 @@ class ReaderSpec:
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
-    """A model head: ``factory(**config) -> nn.Module`` with ``loss()`` and ``metrics()``."""
+    """A model head: ``factory(d_model=, streams=, **config) -> nn.Module`` with
+    ``loss(features, batch)`` (the masked pass's encoder `Features`) and ``metrics()``. A head
+    with ``uses_model = True`` is called ``loss(features, batch, model=transformer)`` and may run
+    its own encoder passes (``model.encode_present`` of views of the batch), as contrastive heads do."""
 
     name: str
     factory: Callable[..., Any]

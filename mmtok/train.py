@@ -179,7 +179,10 @@ class TrainModule(nn.Module):
         out = self.model(batch, masks, normalizer)
         loss, head_losses = out.loss, {}
         for name, head in self.heads.items():
-            h = head.loss(out.features, batch)
+            # heads that encode views of the batch themselves (contrastive heads: one encoder pass
+            # per side, so the sides cannot see each other) declare ``uses_model = True``
+            h = (head.loss(out.features, batch, model=self.model) if getattr(head, "uses_model", False)
+                 else head.loss(out.features, batch))
             head_losses[name] = h.detach()
             loss = loss + head_weights[name] * h
         return loss, out, head_losses

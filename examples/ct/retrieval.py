@@ -2,7 +2,7 @@
 
     python examples/ct/retrieval.py [--out runs/ct/retrieval] [--seeds 0 1 2] [--steps 400]
 
-Samples are the crops of `data.py`: training crops from slices 0-21 of the NIfTI case, held-out
+Samples are the crops of `ct_data.py`: training crops from slices 0-21 of the NIfTI case, held-out
 crops from its slices 22-29 (no shared voxel), and every crop of the DICOM case (a patient never
 seen in training). The text side is the templated findings report of each crop (made from the
 TotalSegmentator masks; no real reports exist for these volumes).
@@ -28,7 +28,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from data import CROP, split_crops  # noqa: E402
+from ct_data import CROP, split_crops  # noqa: E402
 
 from mmtok_plugin_ct import ReportText  # noqa: E402
 from mmtok_plugin_ct.encoder import CTEncoderConfig, CTReportAligner  # noqa: E402

@@ -196,6 +196,10 @@ class MultimodalMaskedTransformer(nn.Module):
     @torch.no_grad()
     def embed(self, batch: dict[str, Tensor]) -> Features:
         """Encoder features of every token of every present stream (no masking)."""
+        return self.encode_present(batch)
+
+    def encode_present(self, batch: dict[str, Tensor]) -> Features:
+        """`embed` with gradients: for heads that encode views of a batch while training."""
         present = self.presence(batch)
         slots = present[:, self.stream_of]
         masks = Masks.from_selection(slots, torch.zeros_like(slots), k_tgt=1)

@@ -2,6 +2,7 @@
 and `mmtok encode` / `mmtok decode` on the example manifest (NIfTI + DICOM)."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,10 +86,11 @@ def _example(name: str):
     return module
 
 
-def test_encode_and_decode_the_example_manifest(tmp_path):
+def test_example_end_to_end(tmp_path):
     """Fit (briefly) -> `mmtok encode` the NIfTI and the DICOM case -> `mmtok decode` with the
-    reconstruction error."""
-    errors = _example("codecs").main(["--out", str(tmp_path), "--steps", "20"])
+    reconstruction error -> the ct-encoder bundle trained on crop tokens with its head ->
+    retrieval on held-out crops (a few steps: the pipeline, not the numbers)."""
+    errors = _example("fit_codecs").main(["--out", str(tmp_path), "--steps", "20"])
     assert errors["tok_ct_volume"]["samples"] == 2
     assert errors["tok_ct_volume"]["rmse"] < 200  # HU inside a 400 HU window, after 20 steps
     out = subprocess.run([sys.executable, "-m", "mmtok.cli", "decode", str(tmp_path / "tokens"),
@@ -98,3 +100,8 @@ def test_encode_and_decode_the_example_manifest(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "shape (1, 32, 224, 224)" in out.stdout
     assert "reconstruction error vs manifest.json: rmse" in out.stdout
+    result = _example("bundle").main(["--out", str(tmp_path / "bundle"), "--registry",
+                                      str(tmp_path / "registry_crops.yaml"), "--steps", "3", "--every", "60"])
+    assert result["held_out"]["n"] == 101
+    metrics = [json.loads(line) for line in (tmp_path / "bundle" / "run-seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert any("head/ct-alignment" in m for m in metrics)

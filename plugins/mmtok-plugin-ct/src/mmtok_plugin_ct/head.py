@@ -1,8 +1,12 @@
 """``ct-alignment``: a contrastive head on mmtok's shared multimodal transformer.
 
-The encoder's visible tokens of the image streams (CT volume, anatomy mask) and of the text
-streams (report) are attention-pooled separately, projected to a shared space, and aligned with
-a bidirectional InfoNCE over the samples that have both sides visible.
+The image streams (CT volume, anatomy mask) and the text streams (report) of each sample are
+encoded in two separate passes of the shared encoder (``model.encode_present`` with only that side
+present, as CLIP encodes image and text apart): in the joint masked pass both sides attend to
+each other, so aligning them there teaches nothing usable at retrieval time, where only one side
+exists. Each side's tokens are attention-pooled, projected to a shared space and aligned with a
+bidirectional InfoNCE over the samples that have both sides. Without ``model`` (a caller that
+only has the masked pass's features) it falls back to pooling that pass.
 """
 
 import torch
@@ -71,8 +75,33 @@ class CTAlignmentHead(nn.Module):
         ids = torch.cat([p.reshape(p.shape[0], -1).long() for p in parts], 1).to(rows.device)[rows]
         return torch.unique(ids, dim=0, return_inverse=True)[1]
 
-    def loss(self, features, batch: dict) -> Tensor:
-        img, txt, both = self.embed(features)
+    uses_model = True
+
+    def side_views(self, batch: dict) -> tuple[dict, dict]:
+        """(image-only, text-only) copies of a token batch: the other side marked absent."""
+        views = []
+        for keep in (self.image_streams, self.text_streams):
+            view = dict(batch)
+            for k in (*self.image_streams, *self.text_streams):
+                if f"{k}/present" in view and k not in keep:
+                    view[f"{k}/present"] = torch.zeros_like(view[f"{k}/present"])
+            views.append(view)
+        return views[0], views[1]
+
+    def embed_batch(self, model, batch: dict) -> tuple[Float[Tensor, "b e"], Float[Tensor, "b e"], Bool[Tensor, " b"]]:
+        """Unit-norm image and text embeddings from one encoder pass per side."""
+        image_view, text_view = self.side_views(batch)
+        img = self.embed(model.encode_present(image_view))[0]
+        txt = self.embed(model.encode_present(text_view))[1]
+        return img, txt, self._has(batch, self.image_streams) & self._has(batch, self.text_streams)
+
+    @staticmethod
+    def _has(batch: dict, keys) -> Tensor:
+        flags = [batch[f"{k}/present"].bool() for k in keys if f"{k}/present" in batch]
+        return torch.stack(flags).any(0)
+
+    def loss(self, features, batch: dict, model=None) -> Tensor:
+        img, txt, both = self.embed_batch(model, batch) if model is not None else self.embed(features)
         if int(both.sum()) < 2:
             self._last = {"pairs": both.sum().detach().float()}
             return zero_like_graph(img, txt)

@@ -28,8 +28,10 @@ def load_cases():
     return nifti, dicom
 
 
-def split_crops(cases=None) -> tuple[CropSet, CropSet, CropSet]:
-    nifti, dicom = cases or load_cases()
+@functools.cache
+def split_crops() -> tuple[CropSet, CropSet, CropSet]:
+    """(train, held-out slab, unseen patient) crops; cached (do not modify them)."""
+    nifti, dicom = load_cases()
     train = make_crops(nifti, crop_boxes(nifti, CROP, stride=(1, 8, 8), z_range=TRAIN_SLICES), CROP)
     test = make_crops(nifti, crop_boxes(nifti, CROP, stride=(8, 16, 16), z_range=TEST_SLICES), CROP)
     cross = make_crops(dicom, crop_boxes(dicom, CROP, stride=(4, 16, 16)), CROP)
