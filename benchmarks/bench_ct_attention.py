@@ -35,7 +35,6 @@ The ratio slice-aware / plain is of medians measured in the same run.
 """
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -48,7 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_codec import _cpu_name
-from bench_train import LOAD, NOISY, Timing, _spread
+from bench_train import LOAD, NOISY, Timing, _spread, finish
 from mmtok_plugin_ct.layers import SliceAwareAttention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -164,13 +163,7 @@ def main(argv=None) -> dict:
     res["env"]["foreign_cpu_share"] = LOAD.since(mark) / res["env"]["wall_s"] if LOAD.ok else None
     print()
     print(markdown(res))
-    share = res["env"]["foreign_cpu_share"]
-    print(f"\n(total {res['env']['wall_s']} s"
-          + (f"; other processes used {100 * share:.0f}% of one CPU meanwhile" if share is not None else "") + ")")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=str)
-        print(f"wrote {args.json}")
+    finish(res, args.json)
     return res
 
 

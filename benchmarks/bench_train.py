@@ -469,14 +469,19 @@ def main(argv=None) -> dict:
     print(markdown(res))
     for name, table in res.get("profile", {}).items():
         print(f"\n### torch.profiler, one step of {name} (top ops by self time)\n```\n{table}\n```")
+    finish(res, args.json)
+    return res
+
+
+def finish(res: dict, json_path) -> None:
+    """The closing lines of a benchmark: total time, CPU used by other processes, JSON dump."""
     share = res["env"]["foreign_cpu_share"]
     print(f"\n(total {res['env']['wall_s']} s"
           + (f"; other processes used {100 * share:.0f}% of one CPU meanwhile" if share is not None else "") + ")")
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(res, f, indent=2, default=str)
-        print(f"wrote {args.json}")
-    return res
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":
