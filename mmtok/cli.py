@@ -153,8 +153,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
             raise MmtokError(f"{args.manifest}: no sample {args.sample!r}")
         original = manifest.load_modality(sample, shards.streams[args.stream]["modality"], get_plugin_manager())
         target = codec.reconstruction_target(original).float()
-        rmse, nrmse, _ = reconstruction_errors(target, getattr(decoded, codec.field).float())
-        mae = float((target - getattr(decoded, codec.field).float()).abs().mean())
+        rebuilt = getattr(decoded, codec.field).float()
+        rmse, nrmse, _ = reconstruction_errors(target, rebuilt)
+        mae = float((target - rebuilt).abs().mean())
         print(f"reconstruction error vs {args.manifest.name}: rmse {rmse:.4g}, mae {mae:.4g}, "
               f"nrmse {nrmse:.4g} (units of {type(original).__name__}.{codec.field})")
     return 0

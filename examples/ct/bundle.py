@@ -78,9 +78,7 @@ def main(argv=None) -> dict:
     crops = args.out / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     train, test, _ = split_crops()
-    keep = list(range(0, len(train), args.every))
-    subset = type(train)(train.hu[keep], train.volumes[keep], train.labels[keep], train.regions[keep],
-                         [train.reports[i] for i in keep], [train.origin[i] for i in keep], train.spacing_mm)
+    subset = train.select(list(range(0, len(train), args.every)))
     tokens = {}
     for split, data in (("train", subset), ("test", test)):  # separate folders: training never sees a test crop
         manifest = write_manifest(crops, split, data)

@@ -107,10 +107,6 @@ def train(seed: int, train_data: dict, vocab: int, steps: int, use_mask: bool, b
     return model
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{100 * statistics.mean(values):.1f} ± {100 * (statistics.stdev(values) if len(values) > 1 else 0):.1f}"
-
-
 @torch.no_grad()
 def attention_maps(vision, volume: torch.Tensor, regions: torch.Tensor) -> dict[str, torch.Tensor]:
     """Attention weights of the last block: slice-aware (1, h, n, n) and region-aware (1, h, n, r)."""
@@ -220,12 +216,9 @@ def main(argv=None) -> dict:
     for name in ("volume+mask", "volume only"):
         for split, label in (("test", "held-out slab"), ("cross", "unseen patient")):
             for direction in ("image_to_text", "text_to_image"):
-                cells = []
-                for k in KS:
-                    s = summary[f"{name}/{split}/{direction}/R@{k}"]
-                    cells.append(f"{mean_std([r[split][direction][f'R@{k}'] for r in results['runs'] if r['mask'] == (name == 'volume+mask')])}"
-                                 f" (chance {100 * s['chance']:.1f})")
-                print(f"| {name} | {label} | {direction.replace('_', ' ')} | " + " | ".join(cells) + " |")
+                cells = [summary[f"{name}/{split}/{direction}/R@{k}"] for k in KS]
+                print(f"| {name} | {label} | {direction.replace('_', ' ')} | " + " | ".join(
+                    f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} (chance {100 * c['chance']:.1f})" for c in cells) + " |")
     if not args.no_plots and keep is not None:
         plot(args.out, keep[0], data["test"], keep[1])
     print(f"({results['seconds']:.0f} s; {args.out / 'metrics.json'})")

@@ -33,15 +33,7 @@ from mmtok_plugin_ct.regions import NUM_REGIONS, group_labels
 __all__ = ["CTVolumeCodecConfig", "CTVolumeCodec", "AnatomyMaskCodecConfig", "AnatomyMaskCodec"]
 
 
-class _Geometry:
-    """Shared by both codecs: the preprocessing grid."""
-
-    def preprocessing(self) -> CTPreprocessConfig:
-        return CTPreprocessConfig(window=self.window, spacing_mm=self.spacing_mm, size=self.size,
-                                  crop=self.crop, pad_hu=self.pad_hu)
-
-
-class CTVolumeCodecConfig(_Geometry, PatchCodecConfig):
+class CTVolumeCodecConfig(PatchCodecConfig):
     channels: int = Field(1, ge=1, le=1)
     size: list[int] = Field(default_factory=lambda: [64, 512, 512], min_length=3, max_length=3)
     patch: list[int] = Field(default_factory=lambda: [4, 16, 16], min_length=3, max_length=3)
@@ -55,6 +47,10 @@ class CTVolumeCodecConfig(_Geometry, PatchCodecConfig):
     def _valid_preprocessing(self):
         self.preprocessing()  # raises on an unknown window / bad spacing
         return self
+
+    def preprocessing(self) -> CTPreprocessConfig:
+        return CTPreprocessConfig(window=self.window, spacing_mm=self.spacing_mm, size=self.size,
+                                  crop=self.crop, pad_hu=self.pad_hu)
 
 
 class CTVolumeCodec(VolumeCodec):
@@ -100,13 +96,11 @@ class CTVolumeCodec(VolumeCodec):
         return CTVolume(hu=unwindow(x, *self.config.preprocessing().center_width()), spacing_mm=spacing, **fields)
 
 
-class AnatomyMaskCodecConfig(_Geometry, CodecConfig):
+class AnatomyMaskCodecConfig(CodecConfig):
     size: list[int] = Field(default_factory=lambda: [64, 512, 512], min_length=3, max_length=3)
     patch: list[int] = Field(default_factory=lambda: [4, 16, 16], min_length=3, max_length=3)
     spacing_mm: list[float] | None = Field(None, min_length=3, max_length=3)
     crop: str = Field("center", pattern="^(center|start)$")
-    window: str = "soft_tissue"  # unused by masks; keeps the geometry config one type
-    pad_hu: float = -1024.0
     num_regions: int = Field(NUM_REGIONS, ge=2, le=256)
     quantizer: ContinuousConfig | None = Field(
         None, description="null: one discrete token per patch (dominant region); "
@@ -118,6 +112,10 @@ class AnatomyMaskCodecConfig(_Geometry, CodecConfig):
             if p < 1 or s % p:
                 raise ValueError(f"size {self.size} must be divisible by patch {self.patch}")
         return self
+
+    def preprocessing(self) -> CTPreprocessConfig:
+        """The volume codec's geometry (masks have no window: padding is background)."""
+        return CTPreprocessConfig(spacing_mm=self.spacing_mm, size=self.size, crop=self.crop)
 
 
 class _RegionTokens(nn.Module):

@@ -82,6 +82,11 @@ class CropSet:
     def __len__(self) -> int:
         return len(self.reports)
 
+    def select(self, index: list[int]) -> "CropSet":
+        """The crops at ``index``."""
+        return CropSet(self.hu[index], self.volumes[index], self.labels[index], self.regions[index],
+                       [self.reports[i] for i in index], [self.origin[i] for i in index], self.spacing_mm)
+
     def volume(self) -> CTVolume:
         """The crops as one `CTVolume` batch."""
         return CTVolume(hu=self.hu, spacing_mm=torch.tensor([self.spacing_mm]).expand(len(self), 3).clone())
