@@ -1,0 +1,1 @@
+"""mmtok-plugin-nir: NIR spectra, SpectralFM and classical calibration transfer."""

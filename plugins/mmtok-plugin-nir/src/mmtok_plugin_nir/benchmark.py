@@ -1,0 +1,181 @@
+"""The transfer benchmark: every method x N x instrument pair x property, under the card's protocol
+(`mmtok_plugin_nir.protocol`), written as a markdown report and a PNG of RMSEP against N.
+
+Results go to ``out/results.jsonl``, one line per (method, pair, property, N) cell, appended as
+each cell finishes; a rerun with the same ``out`` skips the cells already there, so an interrupted
+benchmark resumes. The report and plot are rewritten atomically from all cells at the end.
+"""
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmtok.codec import atomic_write
+from mmtok_plugin_nir.baselines import make_method
+from mmtok_plugin_nir.data import PairedSpectra, load_dataset
+from mmtok_plugin_nir.protocol import TransferSetting, calibration_split, run_transfer
+
+__all__ = ["N_VALUES", "CLASSICAL", "default_pairs", "method_factory", "run_benchmark", "write_report",
+           "plot_rmsep"]
+
+N_VALUES = (0, 5, 10, 20, 30, 50)
+CLASSICAL = ("pls-source", "sbc", "ds", "pds", "cca", "dipls")
+#: the card's target: SpectralFM with 10 samples must beat LoRA-CT with 50 samples (R2 = 0.952)
+TARGET_R2 = 0.952
+
+
+def default_pairs(data: PairedSpectra) -> list[tuple[str, str]]:
+    """Instrument pairs in the order the data set lists them (Corn: m5->mp5, m5->mp6, mp5->mp6)."""
+    return list(itertools.combinations(data.instruments, 2))
+
+
+def method_factory(name: str, data: PairedSpectra, checkpoint: Path | None = None, **options) -> Callable[[], object]:
+    """A zero-argument constructor of a fresh method (one per repeat)."""
+    if name == "spectralfm":
+        from mmtok_plugin_nir.transfer import SpectralFMTransfer
+
+        if checkpoint is None:
+            raise ValueError("method 'spectralfm' needs a pretrained checkpoint (mmtok-nir pretrain --out DIR)")
+        return lambda: SpectralFMTransfer(checkpoint, data.wavelength_nm, **options)
+    make_method(name)   # unknown names fail here, before any work
+    return lambda: make_method(name)
+
+
+def _min_pairs(factory: Callable[[], object]) -> int:
+    return int(getattr(factory(), "min_pairs", 0))
+
+
+def _key(row: dict) -> tuple:
+    return (row["method"], row["source"], row["target"], row["property"], row["n_transfer"])
+
+
+def _read(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:   # a line cut by an interruption: that cell runs again
+                continue
+    return rows
+
+
+def run_benchmark(out: str | Path, dataset: str = "corn", methods: Sequence[str] = CLASSICAL,
+                  n_values: Sequence[int] = N_VALUES, pairs: Sequence[tuple[str, str]] | None = None,
+                  properties: Sequence[str] | None = None, repeats: int = 10, checkpoint: Path | None = None,
+                  spectralfm_options: dict | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
+    """Run (or resume) the benchmark into ``out``; returns all result rows."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(dataset)
+    pairs = list(pairs or default_pairs(data))
+    properties = list(properties or data.property_names)
+    pool = calibration_split(data, seed=seed)[0]
+    if max(n_values) > pool.size:
+        raise ValueError(f"n_values: N = {max(n_values)} exceeds the {pool.size} paired samples in the "
+                         f"{dataset} calibration pool")
+    results_path = out / "results.jsonl"
+    rows = [r for r in _read(results_path)
+            if (r.get("dataset"), r.get("repeats"), r.get("seed")) == (dataset, repeats, seed)]
+    done = {_key(r) for r in rows}
+    factories = {m: method_factory(m, data, checkpoint, **((spectralfm_options or {}) if m == "spectralfm" else {}))
+                 for m in methods}
+    with open(results_path, "a") as log:
+        for (source, target), prop, n, method in itertools.product(pairs, properties, n_values, methods):
+            if (method, source, target, prop, n) in done or n < _min_pairs(factories[method]):
+                continue
+            setting = TransferSetting(dataset, source, target, prop, n, repeats, seed)
+            t0 = time.perf_counter()
+            row = run_transfer(data, setting, factories[method], method).to_json()
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if progress:
+                print(f"{method:>11} {source}->{target} {prop:<9} N={n:<3} RMSEP {row['rmsep']:.4f} +- "
+                      f"{row['rmsep_std']:.4f}  R2 {row['r2']:.3f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
+    write_report(rows, out / "report.md", dataset)
+    plot_rmsep(rows, out / "rmsep_vs_n.png", dataset)
+    return rows
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    return f"{row['rmsep']:.3f} ± {row['rmsep_std']:.3f} ({row['r2']:.2f})"
+
+
+def _verdicts(rows: list[dict]) -> list[str]:
+    """The questions the issue asks, answered from the table."""
+    by = {_key(r): r for r in rows}
+    lines = []
+    settings = sorted({(r["source"], r["target"], r["property"]) for r in rows})
+    fm_rows = [r for r in rows if r["method"] == "spectralfm"]
+    if not fm_rows:
+        return ["SpectralFM was not part of this run (no checkpoint given)."]
+    for source, target, prop in settings:
+        fm = by.get(("spectralfm", source, target, prop, 10))
+        if fm is None:
+            continue
+        rivals = [(m, by.get((m, source, target, prop, 10))) for m in ("pds", "ds", "dipls")]
+        beaten = [m for m, r in rivals if r is not None and fm["rmsep"] < r["rmsep"]]
+        lost = [f"{m} {r['rmsep']:.3f}" for m, r in rivals if r is not None and fm["rmsep"] >= r["rmsep"]]
+        lines.append(f"- {source}→{target} {prop}: SpectralFM N=10 RMSEP {fm['rmsep']:.3f} (R² {fm['r2']:.3f}); "
+                     f"beats {', '.join(beaten) or 'none of PDS / DS / di-PLS'}"
+                     f"{'; loses to ' + ', '.join(lost) if lost else ''}; "
+                     f"R² > {TARGET_R2}: {'yes' if fm['r2'] > TARGET_R2 else 'no'}")
+    return lines
+
+
+def write_report(rows: list[dict], path: Path, dataset: str) -> None:
+    """Markdown: one table per instrument pair and property (methods x N), then the verdicts."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    n_values = sorted({r["n_transfer"] for r in rows})
+    by = {_key(r): r for r in rows}
+    repeats = max((len(r["per_repeat"]) for r in rows), default=0)
+    lines = [f"# Calibration transfer benchmark: {dataset}", "",
+             f"Cells: RMSEP mean ± std over {repeats} random draws of the N transfer samples (R² mean in "
+             "brackets); test = the target instrument's held-out samples. `–`: the method needs more "
+             "transfer samples.", ""]
+    for source, target, prop in sorted({(r["source"], r["target"], r["property"]) for r in rows}):
+        lines += [f"## {source} → {target}, {prop}", "",
+                  "| method | " + " | ".join(f"N={n}" for n in n_values) + " |",
+                  "|---|" + "---:|" * len(n_values)]
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(_cell(by.get((m, source, target, prop, n))) for n in n_values) + " |")
+        lines.append("")
+    lines += ["## SpectralFM at N = 10 against PDS / DS / di-PLS at N = 10", "", *_verdicts(rows), ""]
+    atomic_write(path, lambda p: p.write_text("\n".join(lines)))
+
+
+def plot_rmsep(rows: list[dict], path: Path, dataset: str) -> None:
+    """RMSEP (mean ± std) against N, one panel per pair x property, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = sorted({(r["source"], r["target"]) for r in rows})
+    props = sorted({r["property"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(len(pairs), len(props), figsize=(3.6 * len(props), 2.8 * len(pairs)), squeeze=False)
+    for (i, (source, target)), (j, prop) in itertools.product(enumerate(pairs), enumerate(props)):
+        ax = axes[i][j]
+        for m in methods:
+            cells = sorted((r["n_transfer"], r["rmsep"], r["rmsep_std"]) for r in rows
+                           if (r["method"], r["source"], r["target"], r["property"]) == (m, source, target, prop))
+            if cells:
+                n, mean, std = map(np.asarray, zip(*cells))
+                ax.errorbar(n, mean, yerr=std, marker="o", ms=3, capsize=2, label=m)
+        ax.set_title(f"{source}→{target} {prop}", fontsize=9)
+        ax.set_yscale("log")
+        ax.set_xlabel("N transfer samples", fontsize=8)
+        ax.set_ylabel("RMSEP", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{dataset}: RMSEP vs number of transfer samples")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)

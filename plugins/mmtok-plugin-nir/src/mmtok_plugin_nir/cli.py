@@ -1,0 +1,121 @@
+"""``mmtok-nir``: pretrain SpectralFM, run one calibration transfer, or the whole benchmark.
+
+    mmtok-nir pretrain --out runs/nir/spectralfm --steps 3000
+    mmtok-nir transfer --dataset corn --source m5 --target mp6 --property moisture --n-transfer 10 \
+        --checkpoint runs/nir/spectralfm
+    mmtok-nir benchmark --out runs/nir/benchmark --checkpoint runs/nir/spectralfm
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mmtok import MmtokError
+
+__all__ = ["main"]
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _pretrain(args) -> None:
+    from mmtok_plugin_nir.model.spectralfm import SpectralFMConfig
+    from mmtok_plugin_nir.pretrain import PretrainConfig, pretrain
+
+    model = SpectralFMConfig.card().to_dict() if args.size == "card" else SpectralFMConfig().to_dict()
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         datasets=tuple(_csv(args.datasets)), model=model)
+    summary = pretrain(args.out, cfg, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
+
+
+def _methods(args) -> list[str]:
+    from mmtok_plugin_nir.benchmark import CLASSICAL
+
+    methods = list(CLASSICAL) if args.method == "all" else _csv(args.method)
+    if args.checkpoint and "spectralfm" not in methods and args.method == "all":
+        methods.append("spectralfm")
+    return methods
+
+
+def _transfer(args) -> None:
+    from mmtok_plugin_nir.benchmark import method_factory
+    from mmtok_plugin_nir.data import load_dataset
+    from mmtok_plugin_nir.protocol import TransferSetting, run_transfer
+
+    data = load_dataset(args.dataset)
+    names = [p.lower() for p in data.property_names]
+    prop = data.property_names[names.index(args.property.lower())] if args.property.lower() in names else args.property
+    setting = TransferSetting(args.dataset, args.source, args.target, prop, args.n_transfer, args.repeats, args.seed)
+    print(f"{args.dataset}: {args.source} -> {args.target}, {prop}, N = {args.n_transfer}, {args.repeats} repeats")
+    print("| method | R² | RMSEP | RPD | bias |\n|---|---:|---:|---:|---:|")
+    for method in _methods(args):
+        factory = method_factory(method, data, Path(args.checkpoint) if args.checkpoint else None)
+        if args.n_transfer < getattr(factory(), "min_pairs", 0):
+            print(f"| {method} | needs N >= {factory().min_pairs} | | | |")
+            continue
+        s = run_transfer(data, setting, factory, method).summary()
+        print(f"| {method} | {s['r2']:.3f} ± {s['r2_std']:.3f} | {s['rmsep']:.4f} ± {s['rmsep_std']:.4f} | "
+              f"{s['rpd']:.2f} ± {s['rpd_std']:.2f} | {s['bias']:+.4f} ± {s['bias_std']:.4f} |", flush=True)
+
+
+def _benchmark(args) -> None:
+    from mmtok_plugin_nir.benchmark import run_benchmark
+
+    pairs = [tuple(p.split("-")) for p in _csv(args.pairs)] if args.pairs else None
+    run_benchmark(args.out, args.dataset, _methods(args), [int(n) for n in _csv(args.n_values)], pairs,
+                  _csv(args.properties) if args.properties else None, args.repeats,
+                  Path(args.checkpoint) if args.checkpoint else None, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'rmsep_vs_n.png'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmtok-nir", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="self-supervised SpectralFM pretraining on Corn + Tablet (resumable)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--datasets", default="corn,tablet")
+    p.add_argument("--size", choices=("default", "card"), default="default",
+                   help="default: the CPU-sized model; card: the card's ~10M-parameter size")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=_pretrain)
+
+    for name, fn, helptext in (("transfer", _transfer, "one transfer setting, every method (mean ± std)"),
+                               ("benchmark", _benchmark, "every method x N x pair x property: report.md + PNG")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--dataset", default="corn", choices=("corn", "tablet"))
+        p.add_argument("--method", default="all", help="comma-separated names or 'all' (spectralfm needs --checkpoint)")
+        p.add_argument("--checkpoint", help="a pretrained SpectralFM run directory")
+        p.add_argument("--repeats", type=int, default=10)
+        p.add_argument("--seed", type=int, default=0)
+        if name == "transfer":
+            p.add_argument("--source", required=True)
+            p.add_argument("--target", required=True)
+            p.add_argument("--property", required=True)
+            p.add_argument("--n-transfer", type=int, required=True)
+        else:
+            p.add_argument("--out", required=True)
+            p.add_argument("--n-values", default="0,5,10,20,30,50")
+            p.add_argument("--pairs", help="e.g. m5-mp6,mp5-mp6 (default: every pair)")
+            p.add_argument("--properties", help="comma-separated (default: all)")
+            p.add_argument("--quiet", action="store_true")
+        p.set_defaults(fn=fn)
+
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (MmtokError, ValueError) as err:
+        print(f"mmtok-nir {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

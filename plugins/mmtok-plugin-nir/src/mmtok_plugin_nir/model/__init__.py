@@ -1,0 +1,1 @@
+"""SpectralFM, component by component (one module each)."""
