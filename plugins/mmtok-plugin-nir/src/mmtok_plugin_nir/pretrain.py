@@ -35,8 +35,8 @@ __all__ = ["PretrainConfig", "CorpusPart", "pretraining_corpus", "pretrain"]
 
 @dataclass
 class PretrainConfig:
-    steps: int = 3000
-    batch_size: int = 32
+    steps: int = 1500
+    batch_size: int = 16
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup: int = 100
@@ -141,7 +141,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None, progress: bool 
             step += 1
             seen += cfg.batch_size
             if step % 25 == 0 or step == cfg.steps:
-                row = {"step": step, **{k: round(float(v), 5) for k, v in losses.items()},
+                row = {"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()},
                        "spectra_per_s": round(seen / (time.perf_counter() - t0), 1)}
                 history.append(row)
                 log.write(json.dumps(row) + "\n")
@@ -151,7 +151,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None, progress: bool 
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 _save_checkpoint(run, model, opt, step)
     model.eval()
-    model.save(run)
+    model.save(run / "model.safetensors")
     seconds = time.perf_counter() - t0
     return {"steps": step, "seconds": seconds, "spectra_per_s": seen / seconds if seen else 0.0,
             "last": history[-1] if history else None, "params": sum(p.numel() for p in model.parameters())}
