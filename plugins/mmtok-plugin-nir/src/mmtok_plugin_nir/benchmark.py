@@ -138,8 +138,8 @@ def write_report(rows: list[dict], path: Path, dataset: str) -> None:
     repeats = max((len(r["per_repeat"]) for r in rows), default=0)
     lines = [f"# Calibration transfer benchmark: {dataset}", "",
              f"Cells: RMSEP mean ± std over {repeats} random draws of the N transfer samples (R² mean in "
-             "brackets); test = the target instrument's held-out samples. `–`: the method needs more "
-             "transfer samples.", ""]
+             "brackets; N = 0 has no draw, one evaluation); test = the target instrument's held-out "
+             "samples. `–`: the method needs more transfer samples.", ""]
     for source, target, prop in sorted({(r["source"], r["target"], r["property"]) for r in rows}):
         lines += [f"## {source} → {target}, {prop}", "",
                   "| method | " + " | ".join(f"N={n}" for n in n_values) + " |",

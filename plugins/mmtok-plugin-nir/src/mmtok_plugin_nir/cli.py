@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("pretrain", help="self-supervised SpectralFM pretraining on Corn + Tablet (resumable)")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)

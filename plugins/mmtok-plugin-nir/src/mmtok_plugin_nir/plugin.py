@@ -1,6 +1,6 @@
 """What mmtok-plugin-nir registers (entry point ``nir`` in group ``mmtok``)."""
 
-from mmtok import CodecSpec, hookimpl
+from mmtok import BundleSpec, CodecSpec, hookimpl
 from mmtok.codecs import ScalarCodec
 
 from mmtok_plugin_nir.codecs import NIRSpectrumCodec
@@ -29,3 +29,9 @@ def mmtok_codecs():
                   "lab reference values (4 columns, e.g. corn moisture / oil / protein / starch): one "
                   "quantile-bin token each"),
     ]
+
+
+@hookimpl
+def mmtok_bundles():
+    return [BundleSpec("nir-calibration", ("tok_nir_spectrum", "tok_nir_properties"), (),
+                       "NIR spectra and their lab reference values; SpectralFM is the plugin's own model")]

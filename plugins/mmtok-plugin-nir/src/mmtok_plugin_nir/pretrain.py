@@ -35,7 +35,7 @@ __all__ = ["PretrainConfig", "CorpusPart", "pretraining_corpus", "pretrain"]
 
 @dataclass
 class PretrainConfig:
-    steps: int = 1500
+    steps: int = 500
     batch_size: int = 16
     lr: float = 3e-4
     weight_decay: float = 0.01

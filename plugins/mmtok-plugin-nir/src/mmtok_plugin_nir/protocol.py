@@ -7,7 +7,8 @@
    samples measured on both instruments, with their reference values); the target-instrument
    spectra of the whole pool are also given, unlabelled (what di-PLS and test-time training use).
 4. Predict the target instrument's held-out test samples; repeat with 10 random N-sample draws
-   and report mean +- std of R2, RMSEP, RPD and bias.
+   and report mean +- std of R2, RMSEP, RPD and bias. With N = 0 there is nothing to draw, so the
+   setting is evaluated once (std 0).
 """
 
 from collections.abc import Callable
@@ -104,7 +105,8 @@ def run_transfer(data: PairedSpectra, setting: TransferSetting, make_method: Cal
     x_test = data.instrument(setting.target)[test]
     rows, start = [], time.perf_counter()
     method = None
-    for repeat in range(setting.repeats):
+    # N = 0 has no draw: every repeat would see the same task, so it is evaluated once
+    for repeat in range(setting.repeats if setting.n_transfer else 1):
         standards = draw_transfer_samples(pool, setting.n_transfer, repeat, setting.seed)
         task = make_task(data, setting.source, setting.target, setting.property, pool, standards)
         method = make_method()

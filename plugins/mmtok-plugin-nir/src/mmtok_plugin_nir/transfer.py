@@ -6,9 +6,10 @@ benchmark protocol (same ``fit(task)`` / ``predict(X)`` contract as the classica
    source calibration spectra (standardised y, full batch, Adam). Everything before the
    transformer (embedding, Mamba, MoE) is frozen, so its tokens are computed once and cached.
    The calibrated state only depends on the calibration set, so it is reused across repeats.
-2. **Transfer with N > 0 pairs**: continue training adapters + head on the calibration spectra
-   and the N target-instrument standards (their reference values), with a pairing term pulling
-   z_chem of each target standard onto z_chem of the same sample on the source instrument.
+2. **Transfer with N > 0 pairs**: continue training adapters + head on the N target-instrument
+   standards (their reference values) and a random minibatch of calibration spectra per step (so
+   the source calibration is kept), with a pairing term pulling z_chem of each target standard
+   onto z_chem of the same sample on the source instrument.
 3. **N = 0**: test-time training (K steps of masked reconstruction on the unlabelled target
    spectra, norm parameters only), then predict.
 """
@@ -58,12 +59,13 @@ class SpectralFMTransfer:
     min_pairs = 0
 
     def __init__(self, checkpoint: str | Path | SpectralFM, wavelength_nm: np.ndarray, lora_rank: int = 8,
-                 lora_alpha: float = 16.0, calib_steps: int = 300, transfer_steps: int = 100, lr: float = 2e-3,
-                 pair_weight: float = 1.0, ttt_steps: int = 10, ttt_lr: float = 1e-3, seed: int = 0) -> None:
+                 lora_alpha: float = 16.0, calib_steps: int = 100, transfer_steps: int = 30, lr: float = 3e-3,
+                 pair_weight: float = 1.0, cal_batch: int = 16, ttt_steps: int = 10, ttt_lr: float = 1e-3,
+                 seed: int = 0) -> None:
         self.checkpoint = checkpoint
         self.wavelength_nm = np.asarray(wavelength_nm, dtype=np.float64)
         self.options = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, calib_steps=calib_steps,
-                            transfer_steps=transfer_steps, lr=lr, pair_weight=pair_weight, ttt_steps=ttt_steps,
+                            transfer_steps=transfer_steps, lr=lr, pair_weight=pair_weight, cal_batch=cal_batch, ttt_steps=ttt_steps,
                             ttt_lr=ttt_lr, seed=seed)
         self.model: SpectralFM | None = None
         self.head: nn.Linear | None = None
@@ -105,11 +107,12 @@ class SpectralFMTransfer:
         y_cal = torch.as_tensor((task.y_cal - self.y_mean) / self.y_std, dtype=torch.float32)
         tok_cal = self._tokens(task.X_cal)
 
-        def cal_loss():
-            return nn.functional.mse_loss(self.head(self._z(tok_cal))[:, 0], y_cal)
+        def cal_loss(rows=slice(None)):
+            return nn.functional.mse_loss(self.head(self._z(tok_cal[rows]))[:, 0], y_cal[rows])
 
+        calibration = {k: o[k] for k in ("lora_rank", "lora_alpha", "calib_steps", "lr", "seed")}
         key = _digest(task.X_cal, task.y_cal, self.wavelength_nm,
-                      extra=f"{id(self._pretrained())}{sorted(o.items())}")
+                      extra=f"{id(self._pretrained())}{sorted(calibration.items())}")
         if key in _CALIBRATED:
             self._load_state(_CALIBRATED[key])
         else:
@@ -118,12 +121,14 @@ class SpectralFMTransfer:
         if task.n_pairs > 0:
             tok_s, tok_t = self._tokens(task.X_source_std), self._tokens(task.X_target_std)
             y_std = torch.as_tensor((task.y_std - self.y_mean) / self.y_std, dtype=torch.float32)
+            g = torch.Generator().manual_seed(o["seed"])
 
             def transfer_loss():
                 z_t = self._z(tok_t)
                 with torch.no_grad():
                     z_s = self._z(tok_s)
-                return (cal_loss() + nn.functional.mse_loss(self.head(z_t)[:, 0], y_std)
+                rows = torch.randperm(len(y_cal), generator=g)[:o["cal_batch"]]   # keeps the calibration
+                return (cal_loss(rows) + nn.functional.mse_loss(self.head(z_t)[:, 0], y_std)
                         + o["pair_weight"] * nn.functional.mse_loss(z_t, z_s))
 
             self._train(o["transfer_steps"], transfer_loss)
