@@ -1,17 +1,21 @@
 """`SpectralFMTransfer`: calibration transfer with a pretrained SpectralFM, as a method of the
 benchmark protocol (same ``fit(task)`` / ``predict(X)`` contract as the classical baselines).
 
-1. **Calibrate** on the source instrument: LoRA adapters on the transformer's q / k / v (rank 8,
-   alpha 16; the card) plus a linear head on the posterior mean of z_chem are trained on the
-   source calibration spectra (standardised y, full batch, Adam). Everything before the
-   transformer (embedding, Mamba, MoE) is frozen, so its tokens are computed once and cached.
-   The calibrated state only depends on the calibration set, so it is reused across repeats.
-2. **Transfer with N > 0 pairs**: continue training adapters + head on the N target-instrument
-   standards (their reference values) and a random minibatch of calibration spectra per step (so
-   the source calibration is kept), with a pairing term pulling z_chem of each target standard
-   onto z_chem of the same sample on the source instrument.
-3. **N = 0**: test-time training (K steps of masked reconstruction on the unlabelled target
-   spectra, norm parameters only), then predict.
+1. **Calibrate** on the source instrument: a linear head on the posterior mean of z_chem,
+   standardised by its spread over the calibration spectra (the VIB's KL shrinks mu_chem to
+   ~1e-3), fitted in closed form (ridge, alpha by leave-one-out CV). Optionally
+   (``calib_steps`` > 0) LoRA adapters on the transformer's q / k / v (rank 8, alpha 16; the
+   card) and the head are then trained together; everything before the transformer is frozen,
+   so its tokens are computed once. The calibrated state is reused across repeats.
+2. **Adapt to the target instrument** without labels: test-time training (K steps of masked
+   reconstruction on the unlabelled target spectra, norm parameters only), then centre the
+   features on the target spectra's mean (as di-PLS centres on the target domain).
+3. **N > 0 pairs**: refit the ridge head on the calibration set plus the N target standards
+   (target-centred). Optionally (``transfer_steps`` > 0) train adapters + head further on the
+   standards and minibatches of calibration spectra, with a term pulling each target standard's
+   z_chem onto its source twin's. Measured on Corn, the LoRA steps made transfer worse (README),
+   so both LoRA stages are off by default.
+4. **N = 0**: steps 1-2 only.
 """
 
 import copy
@@ -31,6 +35,7 @@ __all__ = ["SpectralFMTransfer", "load_pretrained"]
 
 _PRETRAINED: dict[str, SpectralFM] = {}
 _CALIBRATED: dict[str, dict[str, torch.Tensor]] = {}
+_ADAPTED: dict[str, list[torch.Tensor]] = {}
 
 
 def load_pretrained(checkpoint: str | Path) -> SpectralFM:
@@ -59,7 +64,7 @@ class SpectralFMTransfer:
     min_pairs = 0
 
     def __init__(self, checkpoint: str | Path | SpectralFM, wavelength_nm: np.ndarray, lora_rank: int = 8,
-                 lora_alpha: float = 16.0, calib_steps: int = 100, transfer_steps: int = 30, lr: float = 3e-3,
+                 lora_alpha: float = 16.0, calib_steps: int = 0, transfer_steps: int = 0, lr: float = 1e-5,
                  pair_weight: float = 1.0, cal_batch: int = 16, ttt_steps: int = 10, ttt_lr: float = 1e-3,
                  seed: int = 0) -> None:
         self.checkpoint = checkpoint
@@ -82,13 +87,46 @@ class SpectralFMTransfer:
     def _tokens(self, X: np.ndarray) -> torch.Tensor:
         return self.model.backbone_tokens(*self._inputs(X))
 
-    def _z(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.head_from_backbone(tokens).mu_chem
+    def _z(self, tokens: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised posterior mean of z_chem (b, z_chem): the VIB's KL term shrinks mu_chem
+        to ~1e-3 scale, so each feature is scaled by its spread over the calibration spectra and
+        centred on its instrument's mean (``center``; default the source calibration mean)."""
+        center = self.z_mean if center is None else center
+        return (self.model.head_from_backbone(tokens).mu_chem - center) / self.z_scale
+
+    @torch.no_grad()
+    def _refit_head(self, tok_cal, y_cal, tok_t, y_t) -> None:
+        """Closed-form ridge head on the source calibration (source-centred) and the N target
+        standards (target-centred) together."""
+        from sklearn.linear_model import RidgeCV
+
+        z = torch.cat([self._z(tok_cal), self._z(tok_t, self.z_center)]).double().numpy()
+        ridge = RidgeCV(alphas=np.logspace(-6, 3, 19)).fit(z, torch.cat([y_cal, y_t]).numpy())
+        self.head.weight.copy_(torch.as_tensor(ridge.coef_, dtype=torch.float32)[None])
+        self.head.bias.fill_(float(ridge.intercept_))
+
+    @torch.no_grad()
+    def _center(self, X: np.ndarray) -> torch.Tensor:
+        """Mean raw mu_chem of spectra X (one instrument)."""
+        return self.model.head_from_backbone(self._tokens(X)).mu_chem.mean(0)
+
+    def _init_head(self, tok_cal: torch.Tensor, y_cal: torch.Tensor) -> None:
+        """Feature statistics and a closed-form ridge head (alpha by leave-one-out CV) on the
+        pretrained features, the starting point of the LoRA calibration."""
+        from sklearn.linear_model import RidgeCV
+
+        with torch.no_grad():
+            z = self.model.head_from_backbone(tok_cal).mu_chem
+            self.z_mean, self.z_scale = z.mean(0), z.std(0) + 1e-8
+            ridge = RidgeCV(alphas=np.logspace(-6, 3, 19)).fit(self._z(tok_cal).double().numpy(), y_cal.numpy())
+            self.head.weight.copy_(torch.as_tensor(ridge.coef_, dtype=torch.float32)[None])
+            self.head.bias.fill_(float(ridge.intercept_))
 
     def _trainable(self) -> list[nn.Parameter]:
         return [*self.model.lora_parameters(), *self.head.parameters()]
 
     def _train(self, steps: int, loss_fn) -> None:
+        # features are divided by z_scale (~1e-3), so adapter updates are amplified ~1000x: small lr
         opt = torch.optim.Adam(self._trainable(), lr=self.options["lr"])
         for _ in range(steps):
             loss = loss_fn()
@@ -106,6 +144,7 @@ class SpectralFMTransfer:
         self.y_mean, self.y_std = float(task.y_cal.mean()), float(task.y_cal.std() + 1e-12)
         y_cal = torch.as_tensor((task.y_cal - self.y_mean) / self.y_std, dtype=torch.float32)
         tok_cal = self._tokens(task.X_cal)
+        self._init_head(tok_cal, y_cal)
 
         def cal_loss(rows=slice(None)):
             return nn.functional.mse_loss(self.head(self._z(tok_cal[rows]))[:, 0], y_cal[rows])
@@ -118,13 +157,29 @@ class SpectralFMTransfer:
         else:
             self._train(o["calib_steps"], cal_loss)
             _CALIBRATED[key] = self._state()
+        if task.X_target_unlabeled.shape[0] and o["ttt_steps"]:
+            ttt_key = _digest(task.X_target_unlabeled, extra=f"{key}{o['ttt_steps']}{o['ttt_lr']}")
+            norms = [p for m in self.model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
+                     for p in m.parameters()]
+            if ttt_key not in _ADAPTED:    # same unlabelled target spectra in every repeat: adapt once
+                g = torch.Generator().manual_seed(o["seed"])
+                test_time_train(self.model, *self._inputs(task.X_target_unlabeled), steps=o["ttt_steps"],
+                                lr=o["ttt_lr"], generator=g)
+                _ADAPTED[ttt_key] = [p.detach().clone() for p in norms]
+            with torch.no_grad():
+                for p, value in zip(norms, _ADAPTED[ttt_key]):
+                    p.copy_(value)
+        # target-instrument centring (unlabelled target spectra, like di-PLS's target centring)
+        target = task.X_target_unlabeled if task.X_target_unlabeled.shape[0] else task.X_target_std
+        self.z_center = self._center(target) if target.shape[0] else self.z_mean
         if task.n_pairs > 0:
             tok_s, tok_t = self._tokens(task.X_source_std), self._tokens(task.X_target_std)
             y_std = torch.as_tensor((task.y_std - self.y_mean) / self.y_std, dtype=torch.float32)
             g = torch.Generator().manual_seed(o["seed"])
+            self._refit_head(tok_cal, y_cal, tok_t, y_std)
 
             def transfer_loss():
-                z_t = self._z(tok_t)
+                z_t = self._z(tok_t, self.z_center)
                 with torch.no_grad():
                     z_s = self._z(tok_s)
                 rows = torch.randperm(len(y_cal), generator=g)[:o["cal_batch"]]   # keeps the calibration
@@ -132,17 +187,13 @@ class SpectralFMTransfer:
                         + o["pair_weight"] * nn.functional.mse_loss(z_t, z_s))
 
             self._train(o["transfer_steps"], transfer_loss)
-        elif task.X_target_unlabeled.shape[0] and o["ttt_steps"]:
-            g = torch.Generator().manual_seed(o["seed"])
-            test_time_train(self.model, *self._inputs(task.X_target_unlabeled), steps=o["ttt_steps"],
-                            lr=o["ttt_lr"], generator=g)
         return self
 
     @torch.no_grad()
     def predict(self, X_target: np.ndarray) -> np.ndarray:
         if self.model is None:
             raise RuntimeError("SpectralFMTransfer.predict before fit")
-        z = self.model(*self._inputs(X_target)).mu_chem
+        z = (self.model(*self._inputs(X_target)).mu_chem - self.z_center) / self.z_scale
         return self.head(z)[:, 0].double().numpy() * self.y_std + self.y_mean
 
     def _state(self) -> dict[str, torch.Tensor]:
