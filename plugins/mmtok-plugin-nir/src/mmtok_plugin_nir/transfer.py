@@ -36,6 +36,8 @@ __all__ = ["SpectralFMTransfer", "load_pretrained"]
 _PRETRAINED: dict[str, SpectralFM] = {}
 _CALIBRATED: dict[str, dict[str, torch.Tensor]] = {}
 _ADAPTED: dict[str, list[torch.Tensor]] = {}
+_TOKENS: dict[str, torch.Tensor] = {}
+_CENTERS: dict[str, torch.Tensor] = {}
 
 
 def load_pretrained(checkpoint: str | Path) -> SpectralFM:
@@ -98,10 +100,15 @@ class SpectralFMTransfer:
     def _refit_head(self, tok_cal, y_cal, tok_t, y_t) -> None:
         """Closed-form ridge head on the source calibration (source-centred) and the N target
         standards (target-centred) together."""
+        self._fit_head(torch.cat([self._z(tok_cal), self._z(tok_t, self.z_center)]), torch.cat([y_cal, y_t]))
+
+    @torch.no_grad()
+    def _fit_head(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the linear head to the ridge regression of y (n,) on z (n, z_chem), alpha by
+        leave-one-out CV."""
         from sklearn.linear_model import RidgeCV
 
-        z = torch.cat([self._z(tok_cal), self._z(tok_t, self.z_center)]).double().numpy()
-        ridge = RidgeCV(alphas=np.logspace(-6, 3, 19)).fit(z, torch.cat([y_cal, y_t]).numpy())
+        ridge = RidgeCV(alphas=np.logspace(-6, 3, 19)).fit(z.double().numpy(), y.numpy())
         self.head.weight.copy_(torch.as_tensor(ridge.coef_, dtype=torch.float32)[None])
         self.head.bias.fill_(float(ridge.intercept_))
 
@@ -113,14 +120,10 @@ class SpectralFMTransfer:
     def _init_head(self, tok_cal: torch.Tensor, y_cal: torch.Tensor) -> None:
         """Feature statistics and a closed-form ridge head (alpha by leave-one-out CV) on the
         pretrained features, the starting point of the LoRA calibration."""
-        from sklearn.linear_model import RidgeCV
-
         with torch.no_grad():
             z = self.model.head_from_backbone(tok_cal).mu_chem
             self.z_mean, self.z_scale = z.mean(0), z.std(0) + 1e-8
-            ridge = RidgeCV(alphas=np.logspace(-6, 3, 19)).fit(self._z(tok_cal).double().numpy(), y_cal.numpy())
-            self.head.weight.copy_(torch.as_tensor(ridge.coef_, dtype=torch.float32)[None])
-            self.head.bias.fill_(float(ridge.intercept_))
+            self._fit_head(self._z(tok_cal), y_cal)
 
     def _trainable(self) -> list[nn.Parameter]:
         return [*self.model.lora_parameters(), *self.head.parameters()]
@@ -143,7 +146,11 @@ class SpectralFMTransfer:
         self.head = nn.Linear(self.model.config.z_chem, 1)
         self.y_mean, self.y_std = float(task.y_cal.mean()), float(task.y_cal.std() + 1e-12)
         y_cal = torch.as_tensor((task.y_cal - self.y_mean) / self.y_std, dtype=torch.float32)
-        tok_cal = self._tokens(task.X_cal)
+        cal_key = _digest(task.X_cal, self.wavelength_nm, extra=str(id(self._pretrained())))
+        if cal_key not in _TOKENS:     # frozen part of the pretrained model: the same in every repeat
+            _TOKENS.clear()
+            _TOKENS[cal_key] = self._tokens(task.X_cal)
+        tok_cal = _TOKENS[cal_key]
         self._init_head(tok_cal, y_cal)
 
         def cal_loss(rows=slice(None)):
@@ -157,6 +164,7 @@ class SpectralFMTransfer:
         else:
             self._train(o["calib_steps"], cal_loss)
             _CALIBRATED[key] = self._state()
+        ttt_key = None
         if task.X_target_unlabeled.shape[0] and o["ttt_steps"]:
             ttt_key = _digest(task.X_target_unlabeled, extra=f"{key}{o['ttt_steps']}{o['ttt_lr']}")
             norms = [p for m in self.model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
@@ -171,7 +179,10 @@ class SpectralFMTransfer:
                     p.copy_(value)
         # target-instrument centring (unlabelled target spectra, like di-PLS's target centring)
         target = task.X_target_unlabeled if task.X_target_unlabeled.shape[0] else task.X_target_std
-        self.z_center = self._center(target) if target.shape[0] else self.z_mean
+        center_key = _digest(target, extra=f"{ttt_key if o['ttt_steps'] else key}")
+        if center_key not in _CENTERS:
+            _CENTERS[center_key] = self._center(target) if target.shape[0] else self.z_mean
+        self.z_center = _CENTERS[center_key]
         if task.n_pairs > 0:
             tok_s, tok_t = self._tokens(task.X_source_std), self._tokens(task.X_target_std)
             y_std = torch.as_tensor((task.y_std - self.y_mean) / self.y_std, dtype=torch.float32)
