@@ -19,7 +19,7 @@ from mmtok_plugin_nir.baselines import make_method
 from mmtok_plugin_nir.data import PairedSpectra, load_dataset
 from mmtok_plugin_nir.protocol import TransferSetting, calibration_split, run_transfer
 
-__all__ = ["N_VALUES", "CLASSICAL", "default_pairs", "method_factory", "run_benchmark", "write_report",
+__all__ = ["N_VALUES", "CLASSICAL", "default_pairs", "method_factory", "min_pairs", "run_benchmark", "write_report",
            "plot_rmsep"]
 
 N_VALUES = (0, 5, 10, 20, 30, 50)
@@ -45,7 +45,8 @@ def method_factory(name: str, data: PairedSpectra, checkpoint: Path | None = Non
     return lambda: make_method(name)
 
 
-def _min_pairs(factory: Callable[[], object]) -> int:
+def min_pairs(factory: Callable[[], object]) -> int:
+    """How many transfer pairs the method a factory builds needs (0: it also runs at N = 0)."""
     return int(getattr(factory(), "min_pairs", 0))
 
 
@@ -86,7 +87,7 @@ def run_benchmark(out: str | Path, dataset: str = "corn", methods: Sequence[str]
                  for m in methods}
     with open(results_path, "a") as log:
         for (source, target), prop, n, method in itertools.product(pairs, properties, n_values, methods):
-            if (method, source, target, prop, n) in done or n < _min_pairs(factories[method]):
+            if (method, source, target, prop, n) in done or n < min_pairs(factories[method]):
                 continue
             setting = TransferSetting(dataset, source, target, prop, n, repeats, seed)
             t0 = time.perf_counter()

@@ -41,7 +41,7 @@ def _methods(args) -> list[str]:
 
 
 def _transfer(args) -> None:
-    from mmtok_plugin_nir.benchmark import method_factory
+    from mmtok_plugin_nir.benchmark import method_factory, min_pairs
     from mmtok_plugin_nir.data import load_dataset
     from mmtok_plugin_nir.protocol import TransferSetting, run_transfer
 
@@ -53,8 +53,9 @@ def _transfer(args) -> None:
     print("| method | R² | RMSEP | RPD | bias |\n|---|---:|---:|---:|---:|")
     for method in _methods(args):
         factory = method_factory(method, data, Path(args.checkpoint) if args.checkpoint else None)
-        if args.n_transfer < getattr(factory(), "min_pairs", 0):
-            print(f"| {method} | needs N >= {factory().min_pairs} | | | |")
+        needed = min_pairs(factory)
+        if args.n_transfer < needed:
+            print(f"| {method} | needs N >= {needed} | | | |")
             continue
         s = run_transfer(data, setting, factory, method).summary()
         print(f"| {method} | {s['r2']:.3f} ± {s['r2_std']:.3f} | {s['rmsep']:.4f} ± {s['rmsep_std']:.4f} | "

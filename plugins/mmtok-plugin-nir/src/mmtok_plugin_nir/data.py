@@ -20,11 +20,28 @@ import torch
 from mmtok import MmtokError
 from mmtok_plugin_nir.modalities import NIRSpectrum, PropertyTargets
 
-__all__ = ["PairedSpectra", "NIRDataError", "load_corn", "load_tablet", "load_dataset", "DATASETS"]
+__all__ = ["PairedSpectra", "NIRDataError", "check_axis", "check_finite_rows", "load_corn", "load_tablet",
+           "load_dataset", "DATASETS"]
 
 
 class NIRDataError(MmtokError, ValueError):
     """A spectra set that cannot be used as it is (the message says where and why)."""
+
+
+def check_axis(wavelength_nm: np.ndarray, where: str) -> None:
+    """Raise `NIRDataError` unless wavelength_nm (k,) is strictly increasing (naming the channel)."""
+    steps = np.diff(wavelength_nm)
+    if not np.all(steps > 0):
+        i = int(np.argmax(steps <= 0)) + 1
+        raise NIRDataError(f"{where}: wavelength_nm: expected strictly increasing values, found "
+                           f"{wavelength_nm[i]:g} nm at channel {i} after {wavelength_nm[i - 1]:g} nm")
+
+
+def check_finite_rows(x: np.ndarray, where: str) -> None:
+    """Raise `NIRDataError` if spectra x (n, k) hold NaN / inf (naming up to 10 rows)."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise NIRDataError(f"{where}: expected finite absorbances, found NaN/inf in sample(s) {bad[:10].tolist()}")
 
 
 @dataclass(frozen=True)
@@ -58,11 +75,7 @@ class PairedSpectra:
         wl = np.asarray(self.wavelength_nm)
         if wl.ndim != 1 or wl.size < 2:
             raise NIRDataError(f"{self.name}: wavelength_nm: expected a 1-D axis, found shape {wl.shape}")
-        steps = np.diff(wl)
-        if not np.all(steps > 0):
-            i = int(np.argmax(steps <= 0)) + 1
-            raise NIRDataError(f"{self.name}: wavelength_nm: expected strictly increasing values, found "
-                               f"{wl[i]:g} nm at channel {i} after {wl[i - 1]:g} nm")
+        check_axis(wl, self.name)
         n = self.n_samples
         for inst, x in self.spectra.items():
             if x.ndim != 2 or x.shape[1] != wl.size:
@@ -73,10 +86,7 @@ class PairedSpectra:
                 raise NIRDataError(f"{self.name}: instrument {inst!r}: expected {n} samples (one per "
                                    f"property row, same order on every instrument), found {x.shape[0]}; "
                                    f"counts: {counts}")
-            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-            if bad.size:
-                raise NIRDataError(f"{self.name}: instrument {inst!r}: expected finite absorbances, found "
-                                   f"NaN/inf in sample(s) {bad[:10].tolist()}")
+            check_finite_rows(x, f"{self.name}: instrument {inst!r}")
         if self.properties.shape != (n, len(self.property_names)):
             raise NIRDataError(f"{self.name}: properties: expected ({n}, {len(self.property_names)}), "
                                f"found {self.properties.shape}")

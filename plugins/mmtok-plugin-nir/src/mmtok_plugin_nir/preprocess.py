@@ -12,7 +12,7 @@ import torch
 from scipy.interpolate import interp1d
 from torch import Tensor
 
-from mmtok_plugin_nir.data import NIRDataError
+from mmtok_plugin_nir.data import NIRDataError, check_axis, check_finite_rows
 
 __all__ = ["N_POINTS", "resample", "snv", "prepare", "add_noise", "baseline_drift", "wavelength_shift",
            "intensity_scale", "augment"]
@@ -31,13 +31,8 @@ def resample(values: np.ndarray, wavelength_nm: np.ndarray, n_points: int = N_PO
                            f"found {values.shape}")
     if wl.size < 4:
         raise NIRDataError(f"resample: cubic interpolation needs at least 4 channels, found {wl.size}")
-    if not np.all(np.diff(wl) > 0):
-        i = int(np.argmax(np.diff(wl) <= 0)) + 1
-        raise NIRDataError(f"resample: wavelength_nm must be strictly increasing, found {wl[i]:g} nm at "
-                           f"channel {i} after {wl[i - 1]:g} nm")
-    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
-    if bad.size:
-        raise NIRDataError(f"resample: expected finite spectra, found NaN/inf in sample(s) {bad[:10].tolist()}")
+    check_axis(wl, "resample")
+    check_finite_rows(values, "resample")
     grid = np.linspace(wl[0], wl[-1], n_points)
     return interp1d(wl, values, kind="cubic", axis=1, assume_sorted=True)(grid), grid
 

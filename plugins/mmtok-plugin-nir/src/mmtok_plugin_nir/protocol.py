@@ -11,6 +11,7 @@
    setting is evaluated once (std 0).
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,8 +94,6 @@ def make_task(data: PairedSpectra, source: str, target: str, prop: str, pool: np
 def run_transfer(data: PairedSpectra, setting: TransferSetting, make_method: Callable[[], object],
                  name: str | None = None) -> TransferResult:
     """Run one method (a fresh one per repeat from ``make_method``) over the setting's repeats."""
-    import time
-
     if setting.source == setting.target:
         raise TransferInputError(f"source and target are both {setting.source!r}; pick two instruments "
                                  f"of {list(data.instruments)}")

@@ -72,8 +72,8 @@ class SpectralFMTransfer:
         self.checkpoint = checkpoint
         self.wavelength_nm = np.asarray(wavelength_nm, dtype=np.float64)
         self.options = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, calib_steps=calib_steps,
-                            transfer_steps=transfer_steps, lr=lr, pair_weight=pair_weight, cal_batch=cal_batch, ttt_steps=ttt_steps,
-                            ttt_lr=ttt_lr, seed=seed)
+                            transfer_steps=transfer_steps, lr=lr, pair_weight=pair_weight, cal_batch=cal_batch,
+                            ttt_steps=ttt_steps, ttt_lr=ttt_lr, seed=seed)
         self.model: SpectralFM | None = None
         self.head: nn.Linear | None = None
 
@@ -117,13 +117,11 @@ class SpectralFMTransfer:
         """Mean raw mu_chem of spectra X (one instrument)."""
         return self.model.head_from_backbone(self._tokens(X)).mu_chem.mean(0)
 
-    def _init_head(self, tok_cal: torch.Tensor, y_cal: torch.Tensor) -> None:
-        """Feature statistics and a closed-form ridge head (alpha by leave-one-out CV) on the
-        pretrained features, the starting point of the LoRA calibration."""
-        with torch.no_grad():
-            z = self.model.head_from_backbone(tok_cal).mu_chem
-            self.z_mean, self.z_scale = z.mean(0), z.std(0) + 1e-8
-            self._fit_head(self._z(tok_cal), y_cal)
+    @torch.no_grad()
+    def _feature_stats(self, tok_cal: torch.Tensor) -> None:
+        """Mean and spread of the pretrained mu_chem over the calibration spectra (`_z` uses them)."""
+        z = self.model.head_from_backbone(tok_cal).mu_chem
+        self.z_mean, self.z_scale = z.mean(0), z.std(0) + 1e-8
 
     def _trainable(self) -> list[nn.Parameter]:
         return [*self.model.lora_parameters(), *self.head.parameters()]
@@ -151,24 +149,23 @@ class SpectralFMTransfer:
             _TOKENS.clear()
             _TOKENS[cal_key] = self._tokens(task.X_cal)
         tok_cal = _TOKENS[cal_key]
-        self._init_head(tok_cal, y_cal)
+        self._feature_stats(tok_cal)
 
         def cal_loss(rows=slice(None)):
             return nn.functional.mse_loss(self.head(self._z(tok_cal[rows]))[:, 0], y_cal[rows])
 
         calibration = {k: o[k] for k in ("lora_rank", "lora_alpha", "calib_steps", "lr", "seed")}
-        key = _digest(task.X_cal, task.y_cal, self.wavelength_nm,
-                      extra=f"{id(self._pretrained())}{sorted(calibration.items())}")
+        key = _digest(task.y_cal, extra=f"{cal_key}{sorted(calibration.items())}")
         if key in _CALIBRATED:
             self._load_state(_CALIBRATED[key])
-        else:
+        else:   # closed-form ridge head on the pretrained features, then the optional LoRA steps
+            self._fit_head(self._z(tok_cal), y_cal)
             self._train(o["calib_steps"], cal_loss)
             _CALIBRATED[key] = self._state()
         ttt_key = None
         if task.X_target_unlabeled.shape[0] and o["ttt_steps"]:
             ttt_key = _digest(task.X_target_unlabeled, extra=f"{key}{o['ttt_steps']}{o['ttt_lr']}")
-            norms = [p for m in self.model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
-                     for p in m.parameters()]
+            norms = self.model.norm_parameters()
             if ttt_key not in _ADAPTED:    # same unlabelled target spectra in every repeat: adapt once
                 g = torch.Generator().manual_seed(o["seed"])
                 test_time_train(self.model, *self._inputs(task.X_target_unlabeled), steps=o["ttt_steps"],
@@ -179,7 +176,7 @@ class SpectralFMTransfer:
                     p.copy_(value)
         # target-instrument centring (unlabelled target spectra, like di-PLS's target centring)
         target = task.X_target_unlabeled if task.X_target_unlabeled.shape[0] else task.X_target_std
-        center_key = _digest(target, extra=f"{ttt_key if o['ttt_steps'] else key}")
+        center_key = _digest(target, extra=ttt_key or key)
         if center_key not in _CENTERS:
             _CENTERS[center_key] = self._center(target) if target.shape[0] else self.z_mean
         self.z_center = _CENTERS[center_key]
