@@ -163,6 +163,36 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def write_checkpoint(final: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                     state: dict) -> None:
+    """Write ``model.safetensors``, ``optimizer.safetensors`` (the optimiser state as flat tensors,
+    no pickle) and ``state.json`` (``state`` + the optimiser's param groups) into a temporary
+    folder, fsync them, then rename it to ``final``: an interrupted write never leaves a half
+    checkpoint."""
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def read_checkpoint(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device | str = "cpu") -> dict:
+    """Load a `write_checkpoint` folder into ``module`` and ``optimizer``; returns its state."""
+    module.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+    state = json.loads((folder / "state.json").read_text())
+    _load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors"), device=str(device)),
+                    state["optimizer"])
+    return state
+
+
 def _seed(config_seed: int, step: int, salt: int = 0) -> int:
     return (config_seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**62)
 
@@ -440,23 +470,10 @@ class Trainer:
 
     def save(self) -> Path:
         weights = self._state_dict()
-        opt_tensors, opt_meta = _optimizer_tensors(self.optimizer)
         name = f"step-{self.step:06d}"
         final = self._ckpt_dir() / name
         if self.dist.main:
-            tmp = self._ckpt_dir() / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-            save_file({k: v.detach().cpu().contiguous() for k, v in opt_tensors.items()},
-                      str(tmp / "optimizer.safetensors"))
-            (tmp / "state.json").write_text(json.dumps({"step": self.step, "optimizer": opt_meta,
-                                                        "world_size": self.dist.world}))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            write_checkpoint(final, weights, self.optimizer, {"step": self.step, "world_size": self.dist.world})
             atomic_write(self._ckpt_dir() / "latest.json",
                          lambda p: p.write_text(json.dumps({"checkpoint": name, "step": self.step})))
             old = sorted(d for d in self._ckpt_dir().glob("step-*") if d.name != name)
@@ -476,11 +493,7 @@ class Trainer:
                 raise MmtokError(f"{self.out} holds a run with other streams or model size; "
                                  "choose another --out")
             name = json.loads(latest.read_text())["checkpoint"]
-            d = self._ckpt_dir() / name
-            self.module.load_state_dict(load_file(str(d / "model.safetensors"), device=str(self.device)))
-            state = json.loads((d / "state.json").read_text())
-            _load_optimizer(self.optimizer, load_file(str(d / "optimizer.safetensors"), device=str(self.device)),
-                            state["optimizer"])
+            state = read_checkpoint(self._ckpt_dir() / name, self.module, self.optimizer, self.device)
             self.step = state["step"]
             return
         if self.dist.main:

@@ -29,6 +29,16 @@ def pretrained(tmp_path_factory):
     return run
 
 
+def test_pretraining_resumes_from_its_checkpoint(tmp_path):
+    cfg = dict(batch_size=4, warmup=1, checkpoint_every=2, model=TINY, datasets=("corn",))
+    pretrain(tmp_path, PretrainConfig(steps=2, **cfg), progress=False)
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and state["optimizer"]["param_groups"]
+    assert pretrain(tmp_path, PretrainConfig(steps=4, **cfg), progress=False)["steps"] == 4
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_split_and_draws_never_touch_the_test_rows():
     corn = load_corn()
     pool, test = calibration_split(corn)

@@ -13,17 +13,14 @@ again with the same directory resumes from the checkpoint.
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from mmtok.train import _load_optimizer, _optimizer_tensors
+from mmtok.train import read_checkpoint, write_checkpoint
 from mmtok_plugin_nir.data import load_dataset
 from mmtok_plugin_nir.model.spectralfm import SpectralFM, SpectralFMConfig
 from mmtok_plugin_nir.model.ttt import block_mask
@@ -58,7 +55,8 @@ class CorpusPart:
     instrument: torch.Tensor
 
 
-def pretraining_corpus(datasets=("corn", "tablet"), n_points: int = 2048, exclude_test: bool = True) -> list[CorpusPart]:
+def pretraining_corpus(datasets=("corn", "tablet"), n_points: int = 2048,
+                       exclude_test: bool = True) -> list[CorpusPart]:
     """The unlabelled pretraining spectra, one part per data set (test rows left out)."""
     parts, next_id = [], 0
     for name in datasets:
@@ -93,18 +91,6 @@ def _batch(part: CorpusPart, cfg: PretrainConfig, n_patches: int, g: torch.Gener
             "instrument": part.instrument[idx]}
 
 
-def _save_checkpoint(run: Path, model: SpectralFM, opt: torch.optim.Optimizer, step: int) -> None:
-    tmp, final = run / ".checkpoint.tmp", run / "checkpoint"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors, meta = _optimizer_tensors(opt)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
 def pretrain(run: str | Path, cfg: PretrainConfig | None = None, progress: bool = True) -> dict:
     """Pretrain (or resume) a SpectralFM in ``run``; returns a summary with spectra/s."""
     cfg = cfg or PretrainConfig()
@@ -116,10 +102,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None, progress: bool 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if (run / "checkpoint" / "state.json").exists():
-        state = json.loads((run / "checkpoint" / "state.json").read_text())
-        model.load_state_dict(load_file(str(run / "checkpoint" / "model.safetensors")))
-        _load_optimizer(opt, load_file(str(run / "checkpoint" / "optimizer.safetensors")), state["optimizer"])
-        step = state["step"]
+        step = read_checkpoint(run / "checkpoint", model, opt)["step"]
     (run / "pretrain.json").write_text(json.dumps({**asdict(cfg), "model": mcfg.to_dict()}, indent=2))
     parts = pretraining_corpus(cfg.datasets, mcfg.n_points)
     weights = torch.tensor([p.spectra.shape[0] for p in parts], dtype=torch.float)
@@ -149,7 +132,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None, progress: bool 
                 if progress:
                     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_checkpoint(run, model, opt, step)
+                write_checkpoint(run / "checkpoint", model.state_dict(), opt, {"step": step})
     model.eval()
     model.save(run / "model.safetensors")
     seconds = time.perf_counter() - t0
