@@ -64,6 +64,16 @@ def test_bad_transfer_requests_are_clear_errors(capsys):
     assert main(["transfer", "--source", "m5", "--target", "mp9", "--property", "moisture",
                  "--n-transfer", "5", "--method", "pds"]) == 2
     assert "no instrument 'mp9'" in capsys.readouterr().err
+    base = ["transfer", "--source", "m5", "--target", "mp6", "--property", "oil", "--n-transfer", "5"]
+    assert main([*base, "--method", "pls"]) == 2
+    assert "method: expected one of ['cca', 'dipls', 'ds', 'pds', 'pls-source', 'sbc', 'spectralfm'], found 'pls'" \
+        in capsys.readouterr().err
+    assert main([*base, "--method", "spectralfm", "--checkpoint", "/no/such/run"]) == 2
+    assert "checkpoint: expected SpectralFM weights at /no/such/run, found no such file" in capsys.readouterr().err
+    assert main([*base, "--method", "spectralfm", "--checkpoint", "/no/such/run", "--spectralfm", "foo=1"]) == 2
+    assert "spectralfm options: expected some of" in capsys.readouterr().err
+    assert main([*base, "--method", "spectralfm", "--checkpoint", "/no/such/run", "--spectralfm", "ttt_steps"]) == 2
+    assert "--spectralfm: expected KEY=VALUE items, found 'ttt_steps'" in capsys.readouterr().err
 
 
 def test_classical_transfer_beats_no_transfer_on_real_corn():

@@ -6,6 +6,7 @@ each cell finishes; a rerun with the same ``out`` skips the cells already there,
 benchmark resumes. The report and plot are rewritten atomically from all cells at the end.
 """
 
+import inspect
 import itertools
 import json
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mmtok.codec import atomic_write
-from mmtok_plugin_nir.baselines import make_method
+from mmtok_plugin_nir.baselines import METHODS, TransferInputError, make_method
 from mmtok_plugin_nir.data import PairedSpectra, load_dataset
 from mmtok_plugin_nir.protocol import TransferSetting, calibration_split, run_transfer
 
@@ -40,8 +41,13 @@ def method_factory(name: str, data: PairedSpectra, checkpoint: Path | None = Non
 
         if checkpoint is None:
             raise ValueError("method 'spectralfm' needs a pretrained checkpoint (mmtok-nir pretrain --out DIR)")
+        known = set(inspect.signature(SpectralFMTransfer).parameters) - {"checkpoint", "wavelength_nm"}
+        if set(options) - known:
+            raise ValueError(f"spectralfm options: expected some of {sorted(known)}, found "
+                             f"{sorted(set(options) - known)}")
         return lambda: SpectralFMTransfer(checkpoint, data.wavelength_nm, **options)
-    make_method(name)   # unknown names fail here, before any work
+    if name not in METHODS:   # unknown names fail here, before any work
+        raise TransferInputError(f"method: expected one of {sorted([*METHODS, 'spectralfm'])}, found {name!r}")
     return lambda: make_method(name)
 
 
@@ -80,11 +86,12 @@ def run_benchmark(out: str | Path, dataset: str = "corn", methods: Sequence[str]
         raise ValueError(f"n_values: N = {max(n_values)} exceeds the {pool.size} paired samples in the "
                          f"{dataset} calibration pool")
     results_path = out / "results.jsonl"
-    rows = [r for r in _read(results_path)
-            if (r.get("dataset"), r.get("repeats"), r.get("seed")) == (dataset, repeats, seed)]
+    options = dict(spectralfm_options or {})
+    rows = [r for r in _read(results_path)   # cells of another configuration are not reused
+            if (r.get("dataset"), r.get("repeats"), r.get("seed")) == (dataset, repeats, seed)
+            and r.get("options", {}) == (options if r["method"] == "spectralfm" else {})]
     done = {_key(r) for r in rows}
-    factories = {m: method_factory(m, data, checkpoint, **((spectralfm_options or {}) if m == "spectralfm" else {}))
-                 for m in methods}
+    factories = {m: method_factory(m, data, checkpoint, **(options if m == "spectralfm" else {})) for m in methods}
     with open(results_path, "a") as log:
         for (source, target), prop, n, method in itertools.product(pairs, properties, n_values, methods):
             if (method, source, target, prop, n) in done or n < min_pairs(factories[method]):
@@ -92,6 +99,8 @@ def run_benchmark(out: str | Path, dataset: str = "corn", methods: Sequence[str]
             setting = TransferSetting(dataset, source, target, prop, n, repeats, seed)
             t0 = time.perf_counter()
             row = run_transfer(data, setting, factories[method], method).to_json()
+            if method == "spectralfm" and options:
+                row["options"] = options
             rows.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()

@@ -31,6 +31,17 @@ def _pretrain(args) -> None:
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
 
 
+def _spectralfm_options(text: str | None) -> dict:
+    """``--spectralfm ttt_steps=0,transfer_steps=30`` -> {"ttt_steps": 0, "transfer_steps": 30}."""
+    options = {}
+    for item in _csv(text or ""):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--spectralfm: expected KEY=VALUE items, found {item!r}")
+        options[key.strip()] = float(value) if any(c in value for c in ".e") else int(value)
+    return options
+
+
 def _methods(args) -> list[str]:
     from mmtok_plugin_nir.benchmark import CLASSICAL
 
@@ -52,7 +63,8 @@ def _transfer(args) -> None:
     print(f"{args.dataset}: {args.source} -> {args.target}, {prop}, N = {args.n_transfer}, {args.repeats} repeats")
     print("| method | R² | RMSEP | RPD | bias |\n|---|---:|---:|---:|---:|")
     for method in _methods(args):
-        factory = method_factory(method, data, Path(args.checkpoint) if args.checkpoint else None)
+        factory = method_factory(method, data, Path(args.checkpoint) if args.checkpoint else None,
+                                 **(_spectralfm_options(args.spectralfm) if method == "spectralfm" else {}))
         needed = min_pairs(factory)
         if args.n_transfer < needed:
             print(f"| {method} | needs N >= {needed} | | | |")
@@ -68,7 +80,8 @@ def _benchmark(args) -> None:
     pairs = [tuple(p.split("-")) for p in _csv(args.pairs)] if args.pairs else None
     run_benchmark(args.out, args.dataset, _methods(args), [int(n) for n in _csv(args.n_values)], pairs,
                   _csv(args.properties) if args.properties else None, args.repeats,
-                  Path(args.checkpoint) if args.checkpoint else None, seed=args.seed, progress=not args.quiet)
+                  Path(args.checkpoint) if args.checkpoint else None, _spectralfm_options(args.spectralfm),
+                  seed=args.seed, progress=not args.quiet)
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'rmsep_vs_n.png'}")
 
 
@@ -95,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dataset", default="corn", choices=("corn", "tablet"))
         p.add_argument("--method", default="all", help="comma-separated names or 'all' (spectralfm needs --checkpoint)")
         p.add_argument("--checkpoint", help="a pretrained SpectralFM run directory")
+        p.add_argument("--spectralfm", metavar="KEY=VALUE,...",
+                       help="SpectralFMTransfer options, e.g. ttt_steps=0 or transfer_steps=30,lr=1e-5")
         p.add_argument("--repeats", type=int, default=10)
         p.add_argument("--seed", type=int, default=0)
         if name == "transfer":

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmtok import MmtokError
 from mmtok_plugin_nir.baselines import TransferTask
 from mmtok_plugin_nir.model.spectralfm import SpectralFM
 from mmtok_plugin_nir.model.ttt import test_time_train
@@ -47,7 +48,8 @@ def load_pretrained(checkpoint: str | Path) -> SpectralFM:
     key = str(path.resolve())
     if key not in _PRETRAINED:
         if not path.exists():
-            raise FileNotFoundError(f"no SpectralFM weights at {path} (run `mmtok-nir pretrain --out DIR`)")
+            raise MmtokError(f"checkpoint: expected SpectralFM weights at {path}, found no such file "
+                             "(run `mmtok-nir pretrain --out DIR`)")
         _PRETRAINED[key] = SpectralFM.load(path)
     return _PRETRAINED[key]
 
