@@ -10,7 +10,7 @@ the gradient w.r.t. the input and all parameters is computed (``.grad`` reset to
 call). Contenders:
 
 * ``plain SDPA``: ``F.scaled_dot_product_attention(q, k, v)`` without a mask (the fused kernel).
-* ``slice-aware, augmented q/k (default)``: `mmtok_plugin_ct.layers.SliceAwareAttention` (mode
+* ``slice-aware, augmented q/k (default)``: `mmtok_plugin_ct.model.layers.SliceAwareAttention` (mode
   ``augment``, what `CTVisionEncoder` runs) with a random (heads, max_slice_distance) table: the
   slice bias enters as g = grid z extra q/k channels (one-hot slice of the query, the slice-pair
   bias column of the key; padded to a multiple of 8, v zero-padded), so SDPA keeps its fused
@@ -48,7 +48,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_codec import _cpu_name
 from bench_train import LOAD, NOISY, Timing, _spread, finish
-from mmtok_plugin_ct.layers import SliceAwareAttention
+from mmtok_plugin_ct.model.layers import SliceAwareAttention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

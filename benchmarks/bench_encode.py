@@ -67,7 +67,7 @@ import torch
 from safetensors.torch import save_file
 
 import mmtok
-from mmtok.codec import Codec
+from mmtok import Codec, get_plugin_manager
 from mmtok.encode import encode_manifest
 from mmtok.modalities import Image
 from mmtok.shards import TokenShards
@@ -268,7 +268,7 @@ def bench_codec(root: Path, info: dict, key: str, images: torch.Tensor, workers:
                 repeats: int, naive_n: int) -> dict:
     cinfo = info["codecs"][key]
     registry = cinfo["registry"]
-    codec = Codec.from_pretrained(root / "codecs" / key).eval()
+    codec = get_plugin_manager().load_codec(root / "codecs" / key).eval()
     files = [root / "data" / f"{n}.npy" for n in info["names"]]
     manifest = root / "manifest.json"
     e2e = {w: EndToEnd(root, manifest, registry, w) for w in dict.fromkeys([0, workers])}

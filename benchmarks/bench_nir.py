@@ -34,12 +34,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_codec import _cpu_name
 from bench_train import LOAD, NOISY, Timing, _spread, finish
-from mmtok_plugin_nir.data import load_corn
+from mmtok_plugin_nir.datasets import load_corn
 from mmtok_plugin_nir.model.mamba import MambaBlock
 from mmtok_plugin_nir.model.spectralfm import SpectralFM, SpectralFMConfig
 from mmtok_plugin_nir.model.transformer import TransformerLayer
 from mmtok_plugin_nir.model.ttt import block_mask
-from mmtok_plugin_nir.preprocess import add_noise, augment, prepare
+from mmtok_plugin_nir.preprocessing import add_noise, augment, prepare
 
 
 class AttentionOnly(nn.Module):

@@ -14,7 +14,7 @@ One training step is ``optimizer.zero_grad(set_to_none=True)``, the forward pass
 Contenders (see benchmarks/README.md for what each ratio means):
 
 * ``mmtok``: ``mmtok.model.MultimodalMaskedTransformer`` (``ModelConfig(d_model, num_heads,
-  encoder_depth, decoder_depth)``, the rest default) on ``{"<key>/ids", "<key>/present"}``
+  encoder_depth, decoder_depth)``, the rest default) on ``TokenBatch``
   batches, with masks from ``MaskSampler(model.layout, MaskingConfig(input_budget=K_in,
   target_budget=K_tgt))``; ``model(batch, masks).loss``. AdamW (torch's default
   implementation, betas (0.9, 0.95)) with ``mmtok.train.Trainer``'s parameter groups; the same
@@ -84,6 +84,7 @@ from torch.utils.flop_counter import (
 )
 
 import mmtok
+from mmtok import TokenBatch, TokenStream
 from mmtok.model import (
     MaskingConfig,
     MaskSampler,
@@ -157,13 +158,12 @@ def make_streams(args) -> dict[str, StreamSpec]:
     return {f"tok_s{i}": StreamSpec(vocab_size=args.vocab, grid=(args.tokens,)) for i in range(args.streams)}
 
 
-def make_batch(streams: dict[str, StreamSpec], b: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(streams: dict[str, StreamSpec], b: int, device: str, seed: int = 0) -> TokenBatch:
     g = torch.Generator().manual_seed(seed)
-    batch = {}
-    for key, spec in streams.items():
-        batch[f"{key}/ids"] = torch.randint(0, spec.vocab_size, (b, spec.num_tokens), generator=g).to(device)
-        batch[f"{key}/present"] = torch.ones(b, dtype=torch.bool, device=device)
-    return batch
+    return TokenBatch({key: TokenStream(grid=spec.grid, vocab_size=spec.vocab_size,
+                                        ids=torch.randint(0, spec.vocab_size, (b, spec.num_tokens), generator=g).to(device),
+                                        present=torch.ones(b, dtype=torch.bool, device=device))
+                       for key, spec in streams.items()})
 
 
 def _adamw(named_params, lr: float = 1e-4):
@@ -195,7 +195,7 @@ def aion_status() -> tuple[bool, str]:
     return True, importlib.metadata.version("polymathic-aion")
 
 
-def aion_mod_dict(model: MultimodalMaskedTransformer, batch: dict, masks) -> dict[str, dict]:
+def aion_mod_dict(model: MultimodalMaskedTransformer, batch: TokenBatch, masks) -> dict[str, dict]:
     """4M's per-modality dicts for the same tokens and the same input / target selection."""
     inputs, targets = masks.selection(model.layout.total)
     out = {}
@@ -208,7 +208,7 @@ def aion_mod_dict(model: MultimodalMaskedTransformer, batch: dict, masks) -> dic
         first = torch.argmin(target_mask.float() + torch.arange(n, device=target_mask.device) * 1e-6, dim=1)
         dam = torch.zeros(target_mask.shape, dtype=torch.int, device=target_mask.device)
         dam.scatter_(1, first[:, None], (~target_mask).sum(1, keepdim=True).int())
-        out[key] = {"tensor": batch[f"{key}/ids"], "input_mask": input_mask, "target_mask": target_mask,
+        out[key] = {"tensor": batch[key].ids, "input_mask": input_mask, "target_mask": target_mask,
                     "decoder_attention_mask": dam}
     return out
 

@@ -1,21 +1,74 @@
 """mmtok: turn heterogeneous scientific data into tokens, through pluggable typed modalities
-and codecs, and train one multimodal masked transformer on them."""
+and codecs, and train one multimodal masked transformer on them.
+
+This top level is the public API a plugin may import (with `mmtok.nn` for reusable layers and
+`mmtok.testing` for the conformance kit); ``mmtok.testing.check_plugin`` reports a plugin that
+imports anything else. Importing it never loads plugins: names that need them (the plugin
+manager, the registry, training, inference) are imported on first use.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from mmtok.codec import Codec, CodecConfig, CodecOutput
+from mmtok.codec import (ChannelNorm, Codec, CodecConfig, CodecOutput, NeuralCodec, NeuralCodecConfig, Tokenizer,
+                         eval_mode)
+from mmtok.codecs import (ImageCodec, PatchCodec, PatchCodecConfig, ScalarCodec, ScalarCodecConfig, SpectrumCodec,
+                          TableCodec, TableCodecConfig, TimeSeriesCodec, VolumeCodec)
 from mmtok.errors import CodecError, MmtokError, ModalityError, PluginError, RegistryError
-from mmtok.fit import FitReport, codebook_usage, fit_codec
-from mmtok.hookspecs import BundleSpec, CodecSpec, HeadSpec, PretrainedSpec, ReaderSpec, SampleCheckSpec, hookimpl
+from mmtok.hookspecs import (BundleSpec, CodecSpec, CommandSpec, HeadSpec, PretrainedSpec, ReaderSpec, SampleCheckSpec,
+                             hookimpl)
+from mmtok.io import atomic_write, read_checkpoint, read_json, write_checkpoint, write_json
+from mmtok.modalities import Columns, Image, Scalars, Spectrum, Volume, stack_columns
 from mmtok.modality import Modality
-from mmtok.plugins import get_plugin_manager
-from mmtok.registry import Registry
-from mmtok.shards import TokenShards
+from mmtok.quantize import ContinuousConfig, FSQConfig, LFQConfig, QuantizerConfig, ResidualVQConfig, VQConfig
+from mmtok.readers import read_csv, read_npy, read_npz
 from mmtok.tokens import TokenBatch, TokenStream
 
+#: public names whose modules load plugins or pull in training / inference: imported on first use
+_LAZY = {
+    "PluginManager": "mmtok.plugins", "get_plugin_manager": "mmtok.plugins",
+    "reset_plugin_manager": "mmtok.plugins",
+    "Registry": "mmtok.registry", "Manifest": "mmtok.manifest",
+    "TokenShards": "mmtok.shards", "held_out": "mmtok.shards",
+    "FitReport": "mmtok.fit", "codebook_usage": "mmtok.fit", "evaluate_codec": "mmtok.fit",
+    "fit_codec": "mmtok.fit",
+    "Features": "mmtok.model", "MaskingConfig": "mmtok.model", "ModelConfig": "mmtok.model",
+    "MultimodalMaskedTransformer": "mmtok.model", "StreamLayout": "mmtok.model", "StreamSpec": "mmtok.model",
+    "encode_manifest": "mmtok.encode",
+    "TrainConfig": "mmtok.train", "Trainer": "mmtok.train",
+    "embed_tokens": "mmtok.inference", "impute_tokens": "mmtok.inference", "load_run": "mmtok.inference",
+}
+
 __all__ = [
-    "__version__", "Modality", "ModalityError", "Codec", "CodecConfig", "CodecOutput",
-    "CodecError", "MmtokError", "PluginError", "RegistryError", "TokenStream", "TokenBatch",
+    "__version__",
+    # data
+    "Modality", "Image", "Spectrum", "Volume", "Scalars", "Columns", "stack_columns", "TokenStream",
+    "TokenBatch",
+    # codecs
+    "Tokenizer", "Codec", "CodecConfig", "NeuralCodec", "NeuralCodecConfig", "CodecOutput", "ChannelNorm",
+    "eval_mode", "PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec",
+    "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig",
+    "QuantizerConfig", "FSQConfig", "VQConfig", "LFQConfig", "ResidualVQConfig", "ContinuousConfig",
+    # plugin contract
     "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec", "PretrainedSpec", "SampleCheckSpec",
-    "get_plugin_manager", "Registry", "TokenShards", "fit_codec", "FitReport", "codebook_usage",
+    "CommandSpec",
+    # errors
+    "MmtokError", "ModalityError", "CodecError", "PluginError", "RegistryError",
+    # files
+    "atomic_write", "write_json", "read_json", "write_checkpoint", "read_checkpoint", "read_npy", "read_npz",
+    "read_csv",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmtok' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -65,34 +65,60 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shape_checker(registry_path: Path | None):
-    """check_shape(key, modality) against every stream of that modality in the registry."""
+def _shape_checker(registry_path: Path | None, modalities=None):
+    """(stream problems, check_shape(key, modality)) against the registry's streams.
+
+    Every stream whose modality is in ``modalities`` (all streams when None) has its codec built
+    once, here: a codec that cannot be built (no checkpoint, a config that differs from it, a
+    codec the plugins do not provide) is one problem ``(stream key, modality, reason)``, and its
+    shape check is skipped for every sample instead of failing each one. ``check_shape`` raises
+    an MmtokError on a shape a codec can't take (one problem per sample).
+    """
     if registry_path is None:
-        return None
+        return [], None
     from mmtok.registry import Registry
 
     registry = Registry.load(registry_path)
+    problems: list[tuple[str, str, str]] = []
     by_modality: dict[str, list] = {}
     for key, entry in registry.streams.items():
-        by_modality.setdefault(entry.modality, []).append(key)
+        if modalities is not None and entry.modality not in modalities:
+            continue
+        try:
+            codec = registry.codec(key)
+        except MmtokError as err:
+            problems.append((key, entry.modality, str(err)))
+            continue
+        except Exception as err:  # noqa: BLE001 - e.g. an unreadable checkpoint: a problem, not a traceback
+            problems.append((key, entry.modality, f"cannot build its codec: {type(err).__name__}: {err}"))
+            continue
+        by_modality.setdefault(entry.modality, []).append(codec)
 
     def check(modality_key: str, m) -> None:
-        for key in by_modality.get(modality_key, []):
-            registry.codec(key).preprocess(m)  # raises ModalityError on a shape the codec can't take
+        for codec in by_modality.get(modality_key, []):
+            codec.preprocess(m)  # raises ModalityError on a shape the codec can't take
 
-    return check
+    return problems, check
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from mmtok.manifest import Manifest
 
     manifest = Manifest.load(args.manifest, allow_absolute=args.allow_absolute)
-    problems = manifest.validate(check_shape=_shape_checker(args.registry))
+    used = Counter(k for s in manifest.samples for k in s.modalities)
+    stream_problems, check_shape = _shape_checker(args.registry, set(used))
+    for key, modality, reason in stream_problems:  # once per stream, before the samples' problems
+        print(f"{args.registry}: stream {key!r} ({modality}): {reason}; its shape checks are skipped "
+              f"for the {used[modality]} sample(s) with {modality}", file=sys.stderr)
+    problems = manifest.validate(check_shape=check_shape)
     for p in problems:
         print(f"{args.manifest}: {p}", file=sys.stderr)
     n = len(manifest.samples) + len({p.sample for p in manifest.problems})
-    if problems:
-        print(f"{len(problems)} problem(s) in {n} samples", file=sys.stderr)
+    if stream_problems or problems:
+        registry = f"{len(stream_problems)} problem(s) in {args.registry}, " if stream_problems else ""
+        print(f"{registry}{len(problems)} problem(s) in {n} samples", file=sys.stderr)
         return 1
     kinds = sorted({k for s in manifest.samples for k in s.modalities})
     print(f"{args.manifest}: {n} samples, modalities {', '.join(kinds)}: all valid")
@@ -120,7 +146,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mmtok.codec import atomic_write
+    from mmtok.io import atomic_write
     from mmtok.registry import Registry
     from mmtok.shards import TokenShards
 
@@ -205,7 +231,7 @@ def cmd_fit_codec(args: argparse.Namespace) -> int:
     report = fit_codec(codec, train, val=val, steps=args.steps, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, progress=not args.quiet)
     out = codec.save_pretrained(args.out)
-    from mmtok.shards import write_json
+    from mmtok.io import write_json
 
     write_json(out / "metrics.json", {"train_samples": len(train), "val_samples": n_val, **report.to_dict()})
     print(f"{args.stream}: {report.summary()} ({'held-out' if n_val else 'training'} data, "
@@ -249,28 +275,71 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_impute(args: argparse.Namespace) -> int:
     from mmtok.inference import impute_tokens, save_tensors
+    from mmtok.shards import TokenShards, tensor_names
 
     ids, pred = impute_tokens(args.run, args.tokens, args.stream, samples=args.sample, steps=args.steps)
-    name = f"{args.stream}/ids" if not pred.is_floating_point() else f"{args.stream}/values"
-    tensors = {name: pred}
+    tensors = {tensor_names(args.stream, not pred.is_floating_point())[0]: pred}
     if args.decode:
         from mmtok.registry import Registry
-        from mmtok.shards import TokenShards, stream_from_info
 
         shards = TokenShards(args.tokens)
         info = shards.streams[args.stream]
         codec = Registry.load(args.registry or shards.index["registry"]).codec(args.stream)
         if codec.fingerprint() != info["fingerprint"]:
             raise MmtokError(f"the registry's codec for {args.stream!r} is not the one that encoded {args.tokens}")
-        stream = stream_from_info(info, pred)
-        decoded = codec.decode(stream)
+        decoded = codec.decode(shards.make_stream(args.stream, pred))
         tensors[f"{args.stream}/decoded"] = getattr(decoded, codec.field).float()
     save_tensors(args.out, tensors, ids)
     print(f"imputed {args.stream} for {len(ids)} samples -> {args.out} ({', '.join(tensors)})")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _plugin_problem(manager, owner: str, problem: str) -> None:
+    """Report a plugin command that can't be added: on stderr, and in `mmtok plugins`."""
+    errors = manager.info[owner].errors if owner in manager.info else []
+    if problem not in errors:
+        errors.append(problem)
+    print(f"mmtok: warning: plugin {owner!r}: {problem}", file=sys.stderr)
+
+
+def _failing(message: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"mmtok {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def add_plugin_commands(sub, manager=None) -> None:
+    """One subparser per plugin command (`mmtok_commands`). A name that a built-in command has,
+    or a ``configure`` that raises, is reported and skipped: `mmtok --help` always works."""
+    if manager is None:
+        try:
+            from mmtok.plugins import get_plugin_manager
+
+            manager = get_plugin_manager()
+        except Exception as err:  # noqa: BLE001 - the built-in commands must work whatever a plugin does
+            print(f"mmtok: warning: plugin commands not loaded: {type(err).__name__}: {err}", file=sys.stderr)
+            return
+    for spec in manager.commands():
+        owner = manager.owner["commands"][spec.name]
+        if spec.name in sub.choices:
+            _plugin_problem(manager, owner, f"command {spec.name!r} clashes with a built-in mmtok command; "
+                                            "this one is ignored")
+            continue
+        p = sub.add_parser(spec.name, help=spec.help, description=spec.description or spec.help)
+        p.set_defaults(func=_failing(f"plugin {owner!r} set no func for this command"))
+        try:
+            spec.configure(p)
+        except Exception as err:  # noqa: BLE001
+            problem = f"command {spec.name!r}: configure(parser) raised {type(err).__name__}: {err}"
+            _plugin_problem(manager, owner, problem)
+            p.set_defaults(func=_failing(f"plugin {owner!r} is broken: {problem}"))
+
+
+def build_parser(manager=None) -> argparse.ArgumentParser:
+    """The ``mmtok`` parser: the built-in commands, then those of ``manager``'s plugins (default:
+    the installed ones)."""
     from mmtok import __version__
 
     parser = argparse.ArgumentParser(prog="mmtok", description=__doc__)
@@ -363,13 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--dir", type=Path, default=Path("."))
     p.set_defaults(func=cmd_new_plugin)
+
+    add_plugin_commands(sub, manager)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, manager=None) -> int:
+    args = build_parser(manager).parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        return 0 if rc is None else rc
     except MmtokError as err:
         print(f"mmtok: {err}", file=sys.stderr)
         return 1

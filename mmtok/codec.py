@@ -1,17 +1,32 @@
-"""`Codec`: turns a `Modality` batch into a `TokenStream` and back.
+"""Codecs: a `Modality` batch <-> a `TokenStream`. Two layers, as in AION's ``aion/codecs``:
 
-Pipeline::
+* the **tokenizer protocol** (`Tokenizer`) every stream's codec satisfies::
 
-    preprocess(modality) -> x          e.g. (b, c, h, w) normalised tensor
-    encoder(x)           -> z          (b, n, latent_dim) channel-last latents on the token grid
-    quantizer(z)         -> z_q, ids   (b, n, latent_dim), (b, n * depth)     see mmtok.quantize
-    decoder(z_q)         -> x_hat      same shape as x
-    postprocess(x_hat)   -> modality
+      codec.modality, codec.field             the modality class and the tensor field it tokenizes
+      codec.encode(m) -> TokenStream          deterministic (eval mode, no grad)
+      codec.decode(stream, **fields) -> m     fields: what tokens do not carry (wavelengths, spacing)
+      codec.grid, codec.num_tokens            token grid (for positions) and its size
+      codec.vocab_size, codec.token_dim       vocabulary (None = continuous), continuous token width
+      codec.save_pretrained(dir) / Family.from_pretrained(dir)     config.json + model.safetensors
+      codec.fingerprint()                     stable hash of name, config and every weight
 
-A codec family subclasses `Codec`, declares its pydantic ``config_class`` and builds
-``encoder`` / ``decoder`` / ``quantizer`` in ``__init__``. Plugins usually only *configure* a
-family (see `mmtok.hookspecs.CodecSpec`). ``save_pretrained(dir)`` writes ``config.json`` +
-``model.safetensors``; ``fingerprint()`` is a stable hash of both.
+  `Codec` is the base class implementing the shared parts (config parsing, modality and field
+  resolution, fingerprint, persistence, input / stream checks). **Exact codecs** — quantile bins,
+  categorical labels, mask regions, word vocabularies — subclass it directly and write their own
+  ``encode`` / ``decode``: no fake quantizer, no unused config fields.
+
+* the **neural codec template** (`NeuralCodec`) for the learned families, trained by
+  ``mmtok fit-codec``::
+
+      to_tensor(m) -> x --norm--> _encode(x) -> z --quantizer--> z_q, ids
+      z_q -> _decode(z_q) -> x_hat --norm.inverse--> from_tensor(x_hat, **fields) -> modality
+
+  A family builds ``encoder`` / ``decoder`` / ``quantizer`` (and ``norm``) in ``__init__``; a plugin
+  codec usually overrides only ``to_tensor`` / ``from_tensor`` (unit conversion, resampling).
+
+A codec is built from a config and its modality class: ``Family(config, modality=MyModality)``.
+It never looks up plugins itself; `mmtok.PluginManager` builds codecs by name (``build_codec``)
+and loads checkpoints of any family (``load_codec``).
 """
 
 import dataclasses
@@ -20,60 +35,72 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from mmtok.config import StrictModel, problems
 from mmtok.errors import CodecError, ModalityError
+from mmtok.io import atomic_write
 from mmtok.modality import Modality
 from mmtok.quantize import FSQConfig, Quantizer, QuantizerConfig
 from mmtok.tokens import TokenStream
 
-__all__ = ["Codec", "CodecConfig", "CodecOutput", "ChannelNorm", "atomic_write", "inference"]
+__all__ = ["ChannelNorm", "Codec", "CodecConfig", "CodecOutput", "NeuralCodec", "NeuralCodecConfig",
+           "Tokenizer", "eval_mode", "read_codec_config"]
 
 FORMAT_VERSION = 1
 
 
-class CodecConfig(BaseModel):
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every stream's codec provides (see the module docstring). `Codec` implements it."""
+
+    name: str
+    field: str
+
+    @property
+    def modality(self) -> type[Modality]: ...
+    @property
+    def grid(self) -> tuple[int, ...]: ...
+    @property
+    def num_tokens(self) -> int: ...
+    @property
+    def vocab_size(self) -> int | None: ...
+    @property
+    def token_dim(self) -> int | None: ...
+    def encode(self, m: Modality) -> TokenStream: ...
+    def decode(self, stream: TokenStream, **fields: Any) -> Modality: ...
+    def fingerprint(self) -> str: ...
+    def save_pretrained(self, directory: str | os.PathLike) -> Path: ...
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, modality: type[Modality] | None = None): ...
+
+
+class CodecConfig(StrictModel):
     """Base config of every codec. ``modality`` is the name of the modality it tokenizes;
     ``field`` the tensor field it reads (default: the modality's first tensor field)."""
 
-    model_config = ConfigDict(extra="forbid")
     modality: str
     field: str | None = None
+
+
+class NeuralCodecConfig(CodecConfig):
+    """Config of a learned codec: adds the quantizer (FSQ / VQ / LFQ / residual VQ / continuous)."""
+
     quantizer: QuantizerConfig = Field(default_factory=FSQConfig)
 
 
 class CodecOutput(NamedTuple):
-    """What a training forward pass returns."""
+    """What a `NeuralCodec` training forward pass returns."""
     x: Tensor  # preprocessed input
     x_hat: Tensor  # reconstruction, same shape as x
     ids: Tensor | None  # (b, n * depth)
     aux_loss: Tensor  # () quantizer loss
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then atomically rename the temporary file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:  # durable before it becomes visible under its real name
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class ChannelNorm(nn.Module):
@@ -122,7 +149,7 @@ class ChannelNorm(nn.Module):
         return torch.sinh(x) * self._view(self.scale, y) if self.mode == "arcsinh" else x
 
 
-def inference(method):
+def eval_mode(method):
     """Run a codec method under ``torch.no_grad()`` with the codec in eval mode (restored
     afterwards): tokens never depend on dropout, quantize dropout or codebook updates."""
 
@@ -140,34 +167,26 @@ def inference(method):
 
 
 class Codec(nn.Module):
-    """Base codec. Subclasses set ``config_class`` and create ``encoder``, ``decoder`` and
-    ``quantizer``; most only override `preprocess` / `postprocess` and `token_grid`."""
+    """Base of every codec: the `Tokenizer` protocol's shared parts. Subclasses set
+    ``config_class`` and ``family`` and implement `grid`, `vocab_size`, `encode`, `decode` (and
+    `token_dim` for continuous streams); exact codecs also `fit_statistics` when they are fitted
+    from data. ``default_modality`` is the modality class used when none is passed (it must
+    match the config's ``modality`` name)."""
 
     config_class: ClassVar[type[CodecConfig]] = CodecConfig
     #: name under which the family itself is registered (a `CodecSpec` may use another)
     family: ClassVar[str] = "codec"
-    #: False for codecs fitted from statistics only (no gradient training)
-    trainable: ClassVar[bool] = True
-    #: True for codecs that bring any input grid to their own (resampling / cropping, as CT
-    #: codecs do): decoded shapes follow `decoded_shape`, not the input's
-    accepts_any_grid: ClassVar[bool] = False
-
-    encoder: nn.Module
-    decoder: nn.Module
-    quantizer: Quantizer
+    default_modality: ClassVar[type[Modality] | None] = None
 
     def __init__(self, config: CodecConfig | dict, modality: type[Modality] | None = None,
                  name: str | None = None):
         super().__init__()
         self.config = self.parse_config(config)
-        if modality is None:
-            from mmtok.plugins import get_plugin_manager
-
-            modality = get_plugin_manager().modality(self.config.modality)
+        modality = modality or self._default_modality(self.config.modality)
         if modality.name != self.config.modality:
             raise CodecError(f"{type(self).__name__}: config is for modality {self.config.modality!r} "
                              f"but was given {modality.name!r}")
-        self.modality = modality
+        self._modality = modality
         #: the registered name this codec was built under (its `CodecSpec` name)
         self.name = name or self.family
         fields = modality.tensor_fields()
@@ -175,6 +194,18 @@ class Codec(nn.Module):
         if self.field not in fields:
             raise CodecError(f"{type(self).__name__}: modality {modality.name!r} has no tensor field "
                              f"{self.field!r}; fields are {list(fields)}")
+
+    @property
+    def modality(self) -> type[Modality]:
+        return self._modality
+
+    @classmethod
+    def _default_modality(cls, name: str) -> type[Modality]:
+        default = cls.default_modality
+        if default is None or default.name != name:
+            raise CodecError(f"{cls.__name__}: pass the modality class of {name!r} (modality=...), or "
+                             "build the codec through the plugins: mmtok.get_plugin_manager().build_codec(...)")
+        return default
 
     @classmethod
     def parse_config(cls, config: CodecConfig | dict) -> CodecConfig:
@@ -184,20 +215,13 @@ class Codec(nn.Module):
         try:
             return cls.config_class.model_validate(data)
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise CodecError(f"{cls.__name__} config: {problems}") from None
+            raise CodecError(f"{cls.__name__} config: {'; '.join(problems(err))}") from None
 
     # ------------------------------------------------------------------ grid / vocabulary
     @property
-    def token_grid(self) -> tuple[int, ...]:
-        """Grid of latent positions (without the quantizer's depth axis)."""
-        raise NotImplementedError
-
-    @property
     def grid(self) -> tuple[int, ...]:
-        """Token grid of the emitted stream (depth axis appended for residual quantizers)."""
-        depth = self.quantizer.depth
-        return (*self.token_grid, depth) if depth > 1 else self.token_grid
+        """Token grid of the emitted stream; its product is the number of tokens."""
+        raise NotImplementedError
 
     @property
     def num_tokens(self) -> int:
@@ -205,13 +229,52 @@ class Codec(nn.Module):
 
     @property
     def vocab_size(self) -> int | None:
-        return self.quantizer.vocab_size
+        """Vocabulary of a discrete stream; None for a continuous one."""
+        raise NotImplementedError
 
     @property
     def is_discrete(self) -> bool:
-        return self.quantizer.is_discrete
+        return self.vocab_size is not None
 
-    # ------------------------------------------------------------------ pipeline
+    @property
+    def token_dim(self) -> int | None:
+        """Width of each continuous token (None for discrete streams)."""
+        if self.is_discrete:
+            return None
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the protocol
+    def encode(self, m: Modality) -> TokenStream:
+        """Modality batch -> TokenStream (deterministic; decorate with `eval_mode`)."""
+        raise NotImplementedError
+
+    def decode(self, stream: TokenStream, **fields: Any) -> Modality:
+        """TokenStream -> modality batch. ``fields`` are passed to the modality unchanged
+        (e.g. wavelengths or voxel spacing that the tokens do not carry)."""
+        raise NotImplementedError
+
+    def fit_statistics(self, m: Modality) -> None:
+        """Data-dependent fitting (normalisation statistics, quantile tables, vocabularies) from a
+        representative batch. Called by `mmtok.fit_codec` before any training."""
+
+    def preprocess(self, m: Modality) -> Tensor:
+        """What the codec sees of ``m``, in its own space (checked, normalised): the space of
+        `reconstruction_loss`. Default: the field as float."""
+        return getattr(m, self.field).float()
+
+    def reconstruction_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Error of ``x_hat`` against ``x`` (both from `preprocess`); default mean squared error."""
+        return torch.nn.functional.mse_loss(x_hat.float(), x.float())
+
+    # ------------------------------------------------------------------ helpers
+    def stream(self, ids: Tensor | None = None, values: Tensor | None = None) -> TokenStream:
+        """A `TokenStream` of this codec for a batch of ids (b, n) or values (b, n, d)."""
+        tokens = ids if ids is not None else values
+        present = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        return TokenStream(grid=self.grid, present=present, ids=ids, values=values,
+                           vocab_size=self.vocab_size if ids is not None else None,
+                           codec=self.name, fingerprint=self.fingerprint())
+
     def check_input(self, m: Modality) -> None:
         if not isinstance(m, self.modality):
             raise ModalityError(f"{type(self).__name__} ({self.name}) encodes {self.modality.__name__}, "
@@ -227,64 +290,6 @@ class Codec(nn.Module):
             )
         return x.float()
 
-    def preprocess(self, m: Modality) -> Tensor:
-        """Modality -> encoder input tensor. Default: the configured field as float."""
-        return getattr(m, self.field).float()
-
-    def postprocess(self, x_hat: Tensor, **fields: Any) -> Modality:
-        """Decoder output -> modality; ``fields`` fill the modality's other fields."""
-        return self.modality(**{self.field: x_hat, **fields})
-
-    def decoded_shape(self, m: Modality) -> tuple[int, ...]:
-        """Shape of the field that ``decode(encode(m))`` returns: the input's unless the codec
-        resamples (``accepts_any_grid``)."""
-        return tuple(getattr(m, self.field).shape)
-
-    def reconstruction_target(self, m: Modality) -> Tensor:
-        """What ``decode(encode(m))`` should give back for field ``self.field``: the field itself,
-        or for codecs that resample / window (``accepts_any_grid``) the input on their grid."""
-        return getattr(m, self.field)
-
-    def passthrough_fields(self, m: Modality) -> dict[str, Any]:
-        """The fields of ``m`` this codec does not tokenize, e.g. to pass to `decode`."""
-        return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)
-                if f.init and f.name != self.field}
-
-    def fit_statistics(self, m: Modality) -> None:
-        """Data-dependent initialisation (normalisation statistics, quantile tables) from a
-        representative batch. Called by `mmtok.fit_codec` before training."""
-
-    def forward(self, m: Modality) -> CodecOutput:
-        """Training pass: preprocess -> encode -> quantize -> decode (no postprocess)."""
-        self.check_input(m)
-        x = self.preprocess(m)
-        q = self.quantizer.quantize(self.encoder(x))
-        return CodecOutput(x, self.decoder(q.z_q), q.ids, q.aux_loss)
-
-    @inference
-    def encode(self, m: Modality) -> TokenStream:
-        """Modality batch -> TokenStream (always in eval mode: deterministic)."""
-        self.check_input(m)
-        z = self.encoder(self.preprocess(m))
-        q = self.quantizer.quantize(z)
-        present = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
-        if q.ids is not None:
-            return TokenStream(grid=self.grid, present=present, ids=q.ids, vocab_size=self.vocab_size,
-                               codec=self.name, fingerprint=self.fingerprint())
-        return TokenStream(grid=self.grid, present=present, values=q.z_q.float(),
-                           codec=self.name, fingerprint=self.fingerprint())
-
-    @inference
-    def decode(self, stream: TokenStream, **fields: Any) -> Modality:
-        """TokenStream -> modality batch. ``fields`` are passed to the modality unchanged
-        (e.g. wavelengths or voxel spacing that the tokens do not carry)."""
-        self.check_stream(stream)
-        z_q = self.quantizer.ids_to_codes(stream.ids) if stream.is_discrete else stream.values
-        param = next(self.parameters(), None)
-        if param is not None:
-            z_q = z_q.to(param.dtype)
-        return self.postprocess(self.decoder(z_q), **fields)
-
     def check_stream(self, stream: TokenStream) -> None:
         if tuple(stream.grid) != tuple(self.grid):
             raise CodecError(f"{self.name}: token grid {stream.grid} does not match this codec's "
@@ -295,9 +300,20 @@ class Codec(nn.Module):
         if stream.is_discrete and stream.vocab_size != self.vocab_size:
             raise CodecError(f"{self.name}: vocabulary {self.vocab_size}, stream has {stream.vocab_size}")
 
-    def reconstruction_loss(self, out: CodecOutput) -> Tensor:
-        """Mean squared error in the preprocessed (normalised) space."""
-        return torch.nn.functional.mse_loss(out.x_hat.float(), out.x.float())
+    def decoded_shape(self, m: Modality) -> tuple[int, ...]:
+        """Shape of the field that ``decode(encode(m))`` returns: the input's, unless the codec
+        brings any input to its own grid (resampling / cropping codecs override this)."""
+        return tuple(getattr(m, self.field).shape)
+
+    def reconstruction_target(self, m: Modality) -> Tensor:
+        """What ``decode(encode(m))`` should give back for field ``self.field``: the field itself,
+        or for codecs that resample / window the input on their grid."""
+        return getattr(m, self.field)
+
+    def passthrough_fields(self, m: Modality) -> dict[str, Any]:
+        """The fields of ``m`` this codec does not tokenize, e.g. to pass to `decode`."""
+        return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)
+                if f.init and f.name != self.field}
 
     # ------------------------------------------------------------------ persistence
     _fingerprint_cache: tuple[tuple, str] | None = None
@@ -339,22 +355,119 @@ class Codec(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
                         modality: type[Modality] | None = None) -> "Codec":
-        """Load a codec written by `save_pretrained` (no pickle: JSON + safetensors)."""
+        """Load a codec of this family written by `save_pretrained` (no pickle: JSON +
+        safetensors). A checkpoint of unknown family: ``PluginManager.load_codec(directory)``."""
         directory = Path(directory)
         meta = read_codec_config(directory)
-        if cls is Codec:  # generic loading: find the class through the installed plugins
-            from mmtok.plugins import get_plugin_manager
-
-            cls = get_plugin_manager().codec_class(meta["codec"], family=meta["family"])
-        elif meta["family"] != cls.family:
+        if cls is Codec:
+            raise CodecError(f"{directory}: Codec.from_pretrained needs the codec's family class; load "
+                             "it through the plugins: mmtok.get_plugin_manager().load_codec(directory)")
+        if meta["family"] != cls.family:
             raise CodecError(f"{directory}: holds a {meta['family']!r} codec, not {cls.family!r}")
-        codec = cls(meta["config"], modality=modality, name=meta["codec"])
+        codec = cls(meta["config"], modality=modality or cls._default_modality(meta["modality"]),
+                    name=meta["codec"])
         codec.eval()
         load_weights(codec, directory, meta)
         return codec
 
 
+class NeuralCodec(Codec):
+    """The learned-codec template (AION-style). Subclasses create ``encoder``, ``decoder``,
+    ``quantizer`` and optionally ``norm`` (a `ChannelNorm`) and define `token_grid` and
+    `input_shape`; plugins override `to_tensor` / `from_tensor` for their units and grids."""
+
+    config_class: ClassVar[type[CodecConfig]] = NeuralCodecConfig
+
+    encoder: nn.Module
+    decoder: nn.Module
+    quantizer: Quantizer
+    # ``norm`` (a ChannelNorm) is optional: no class attribute, which would shadow the submodule
+
+    # ------------------------------------------------------------------ grid / vocabulary
+    @property
+    def token_grid(self) -> tuple[int, ...]:
+        """Grid of latent positions (without the quantizer's depth axis)."""
+        raise NotImplementedError
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Token grid of the emitted stream (depth axis appended for residual quantizers)."""
+        depth = self.quantizer.depth
+        return (*self.token_grid, depth) if depth > 1 else self.token_grid
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.quantizer.vocab_size
+
+    @property
+    def token_dim(self) -> int | None:
+        return None if self.quantizer.is_discrete else self.quantizer.dim
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the field that `to_tensor` accepts."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the template
+    def to_tensor(self, m: Modality) -> Tensor:
+        """Modality -> raw encoder input (b, ...) in the codec's units, before normalisation."""
+        return self.read_field(m, self.input_shape)
+
+    def from_tensor(self, x: Tensor, **fields: Any) -> Modality:
+        """Raw decoder output (b, ...) -> modality; ``fields`` fill its other fields."""
+        return self.modality(**{self.field: x, **fields})
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """Normalised input -> channel-last latents (b, n, latent_dim)."""
+        return self.encoder(x)
+
+    def _decode(self, z_q: Tensor) -> Tensor:
+        """Quantized latents (b, n, latent_dim) -> normalised reconstruction."""
+        return self.decoder(z_q)
+
+    def _norm(self) -> ChannelNorm | None:
+        return self._modules.get("norm")
+
+    def preprocess(self, m: Modality) -> Tensor:
+        x, norm = self.to_tensor(m), self._norm()
+        return x if norm is None else norm(x)
+
+    def postprocess(self, x_hat: Tensor, **fields: Any) -> Modality:
+        x, norm = x_hat.float(), self._norm()
+        return self.from_tensor(x if norm is None else norm.inverse(x), **fields)
+
+    @torch.no_grad()
+    def fit_statistics(self, m: Modality) -> None:
+        norm = self._norm()
+        if norm is not None:
+            norm.fit(self.to_tensor(m))
+
+    def forward(self, m: Modality) -> CodecOutput:
+        """Training pass: preprocess -> encode -> quantize -> decode (no postprocess)."""
+        self.check_input(m)
+        x = self.preprocess(m)
+        q = self.quantizer.quantize(self._encode(x))
+        return CodecOutput(x, self._decode(q.z_q), q.ids, q.aux_loss)
+
+    @eval_mode
+    def encode(self, m: Modality) -> TokenStream:
+        """Modality batch -> TokenStream (always in eval mode: deterministic)."""
+        self.check_input(m)
+        q = self.quantizer.quantize(self._encode(self.preprocess(m)))
+        return self.stream(ids=q.ids) if q.ids is not None else self.stream(values=q.z_q.float())
+
+    @eval_mode
+    def decode(self, stream: TokenStream, **fields: Any) -> Modality:
+        self.check_stream(stream)
+        z_q = self.quantizer.ids_to_codes(stream.ids) if stream.is_discrete else stream.values
+        param = next(self.parameters(), None)
+        if param is not None:
+            z_q = z_q.to(param.dtype)
+        return self.postprocess(self._decode(z_q), **fields)
+
+
 def read_codec_config(directory: Path) -> dict:
+    """The ``config.json`` of a codec checkpoint folder, checked for the keys loading needs."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise CodecError(f"{directory}: not a codec checkpoint (no config.json)")
@@ -362,7 +475,7 @@ def read_codec_config(directory: Path) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CodecError(f"{path}: invalid JSON ({err})") from None
-    missing = {"codec", "family", "config", "fingerprint"} - set(meta)
+    missing = {"codec", "family", "config", "fingerprint", "modality"} - set(meta)
     if missing:
         raise CodecError(f"{path}: missing keys {sorted(missing)}")
     return meta

@@ -14,21 +14,22 @@ codecs, so:
 import collections
 import dataclasses
 import hashlib
-import os
 import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mmtok.distributed import init_distributed
 from mmtok.errors import MmtokError
+from mmtok.io import read_json, write_json
 from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError
 from mmtok.modality import Modality, deferred_checks
-from mmtok.plugins import get_plugin_manager
+from mmtok.plugins import PluginManager, get_plugin_manager
 from mmtok.registry import Registry
-from mmtok.shards import INDEX, read_json, shard_name, write_json, write_shard
+from mmtok.shards import INDEX, merge_statistics, shard_name, write_shard
+from mmtok.tokens import TokenStream
 
 __all__ = ["EncodeError", "encode_manifest", "EncodeSummary"]
 
@@ -60,8 +61,13 @@ class _SampleReader(Dataset):
     numpy, which crosses process boundaries cheaply, and become modalities in the main process.
     """
 
-    def __init__(self, manifest: Manifest, items: list[tuple[int, int, SampleEntry]], modalities: set[str]):
-        self.manifest, self.items, self.modalities = manifest, items, modalities
+    def __init__(self, manifest: Manifest, items: list[tuple[int, int, SampleEntry]], modalities: set[str],
+                 manager: PluginManager):
+        self.manifest, self.items, self.modalities, self.manager = manifest, items, modalities, manager
+
+    def __getstate__(self) -> dict:
+        # a worker started by spawn / forkserver (not fork) loads the installed plugins itself
+        return {**self.__dict__, "manager": None}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -69,10 +75,10 @@ class _SampleReader(Dataset):
     def __getitem__(self, i: int):
         shard, row, sample = self.items[i]
         records, problems = {}, []
-        manager = get_plugin_manager()
+        manager = self.manager or get_plugin_manager()
         for key in sample.modalities:
             if key not in self.modalities:  # known but not encoded here: fine; unknown: a problem
-                if key not in manager.tables["modalities"]:
+                if not manager.has_modality(key):
                     problems.append((key, f"no modality named {key!r} is installed"))
                 continue
             try:
@@ -105,16 +111,6 @@ def _signature(m: Modality) -> tuple:
     return tuple(parts)
 
 
-def _dist():
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return dist.get_rank(), dist.get_world_size(), dist
-    return 0, 1, None
-
-
 def _stream_info(key: str, registry: Registry, codec) -> dict:
     entry = registry.streams[key]
     return {"modality": entry.modality, "codec": codec.name, "fingerprint": codec.fingerprint(),
@@ -125,13 +121,17 @@ def _stream_info(key: str, registry: Registry, codec) -> dict:
 def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path: str | Path,
                     batch_size: int = 64, workers: int = 0, on_error: str = "fail",
                     resume: bool = False, shard_size: int = 1024, streams: list[str] | None = None,
-                    allow_absolute: bool = False, progress: bool = True) -> EncodeSummary:
-    """Encode every sample of the manifest into token shards under ``out``."""
+                    allow_absolute: bool = False, progress: bool = True,
+                    manager: PluginManager | None = None) -> EncodeSummary:
+    """Encode every sample of the manifest into token shards under ``out``, with the modalities,
+    codecs and readers of ``manager`` (default: the installed plugins)."""
     if on_error not in ("fail", "skip"):
         raise EncodeError(f"--on-error must be 'fail' or 'skip', found {on_error!r}")
     if batch_size < 1 or shard_size < 1:
         raise EncodeError("--batch-size and --shard-size must be >= 1")
-    rank, world, dist = _dist()
+    manager = manager or get_plugin_manager()
+    dist = init_distributed()
+    rank, world = dist.rank, dist.world
     out = Path(out)
     manifest = Manifest.load(manifest_path, allow_absolute=allow_absolute)
     registry = Registry.load(registry_path)
@@ -139,7 +139,7 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     unknown = [k for k in keys if k not in registry.streams]
     if unknown:
         raise EncodeError(f"unknown stream(s) {unknown}; {registry_path} declares {sorted(registry.streams)}")
-    problems = [p for p in registry.check()
+    problems = [p for p in registry.check(manager)
                 if p.where.startswith("streams.") and p.where.split(".")[1] in keys]
     if problems:
         raise EncodeError("\n".join(f"{registry_path}: {p}" for p in problems))
@@ -149,7 +149,7 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
             raise EncodeError(f"{registry_path}: stream {key!r} has no checkpoint; an unfitted codec "
                               f"would emit meaningless tokens. Run `mmtok fit-codec {manifest_path} "
                               f"--stream {key} --out DIR` and set `checkpoint: DIR`")
-        codecs[key] = registry.codec(key).eval()
+        codecs[key] = registry.codec(key, manager).eval()
     info = {k: _stream_info(k, registry, c) for k, c in codecs.items()}
     by_modality = collections.defaultdict(list)
     for key in keys:
@@ -187,8 +187,7 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
         for stale in shard_dir.glob(".*.tmp"):  # left by a killed run
             stale.unlink()
         write_json(out / "run.json", run)
-    if dist is not None:
-        dist.barrier()
+    dist.barrier()
 
     shards = [list(enumerate(rows[i:i + shard_size], start=i)) for i in range(0, len(rows), shard_size)]
     mine = [i for i in range(len(shards)) if i % world == rank]
@@ -199,8 +198,7 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     # one loader over all of this rank's unfinished shards (workers start once); samples arrive
     # in order, so a shard is complete when the next one begins
     items = [(i, row, sample) for i in todo for row, sample in shards[i]]
-    reader = _SampleReader(manifest, items, set(by_modality))
-    manager = get_plugin_manager()
+    reader = _SampleReader(manifest, items, set(by_modality), manager)
     current, pending = None, []
     for shard, row, sid, records, problems in _read_in_order(reader, workers):
         bar.update(1)
@@ -224,13 +222,11 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     if current is not None:
         _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size, on_error)
     bar.close()
-    if dist is not None:
-        dist.barrier()
+    dist.barrier()
     summary = None
     if rank == 0:
         summary = _merge(out, manifest_path, registry_path, len(shards), info, upfront, start)
-    if dist is not None:
-        dist.barrier()
+    dist.barrier()
     return summary
 
 
@@ -282,7 +278,7 @@ def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: 
     skipped = [{"id": sid, "problems": [{"key": k, "reason": r} for k, r in problems or failed.get(sid, [])]}
                for _, sid, _, problems in items if problems or sid in failed]
     n = len(candidates)
-    tensors: dict[str, torch.Tensor] = {}
+    streams: dict[str, TokenStream] = {}
     present_streams: list[list[str]] = [[] for _ in range(n)]
     for modality, keys in by_modality.items():
         for key in keys:
@@ -296,53 +292,37 @@ def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: 
                 except MmtokError as err:
                     raise EncodeError(f"stream {key!r}, samples {[candidates[p][0] for p in positions][:5]}: "
                                       f"{err}") from None
-                t = stream.ids.to(torch.int32) if stream.is_discrete else stream.values.float()
                 if tokens is None:
-                    tokens = torch.zeros((n, *t.shape[1:]), dtype=t.dtype)
+                    tokens = torch.zeros((n, *stream.tokens.shape[1:]), dtype=stream.tokens.dtype)
                 pos = torch.tensor(positions)
-                tokens[pos] = t
+                tokens[pos] = stream.tokens
                 present[pos] = True
                 for p in positions:
                     present_streams[p].append(key)
             if tokens is None:  # nobody in this shard has the stream
-                shape = (n, codec.num_tokens) if codec.is_discrete else (n, codec.num_tokens, codec.quantizer.dim)
-                tokens = torch.zeros(shape, dtype=torch.int32 if codec.is_discrete else torch.float32)
-            tokens_name = f"{key}/ids" if codec.is_discrete else f"{key}/values"
-            tensors[tokens_name] = tokens
-            tensors[f"{key}/present"] = present
+                shape = (n, codec.num_tokens) if codec.is_discrete else (n, codec.num_tokens, codec.token_dim)
+                tokens = torch.zeros(shape, dtype=torch.long if codec.is_discrete else torch.float32)
+            streams[key] = (TokenStream(grid=codec.grid, present=present, ids=tokens, vocab_size=codec.vocab_size)
+                            if codec.is_discrete else
+                            TokenStream(grid=codec.grid, present=present, values=tokens.float()))
     sidecar = {"shard": index, "samples": [{"id": sid, "row": r, "streams": sorted(s)}
                                            for r, ((sid, _), s) in enumerate(zip(candidates, present_streams))],
                "skipped": skipped}
-    write_shard(shard_dir, index, tensors, sidecar)
+    write_shard(shard_dir, index, streams, sidecar)
 
 
 def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, upfront: dict,
            start: float) -> EncodeSummary:
+    """Write index.json from the shards' sidecars (their statistics: no shard is reopened)."""
     samples, skipped = [], [
         {"id": sid, "problems": [{"key": p.key, "reason": p.reason} for p in ps]}
         for sid, ps in upfront.items()]
-    counts = {k: {"samples": 0, "hist": None} for k in info}
-    for i in range(n_shards):
-        side = read_json(out / "shards" / f"{shard_name(i)}.json")
+    sidecars = [read_json(out / "shards" / f"{shard_name(i)}.json") for i in range(n_shards)]
+    for i, side in enumerate(sidecars):
         skipped += side["skipped"]
         for s in side["samples"]:
             samples.append({"id": s["id"], "shard": i, "row": s["row"], "streams": s["streams"]})
-        with safe_open(str(out / "shards" / f"{shard_name(i)}.safetensors"), "pt") as f:
-            for key, meta in info.items():
-                present = f.get_tensor(f"{key}/present")
-                counts[key]["samples"] += int(present.sum())
-                if meta["vocab_size"] is not None and bool(present.any()):
-                    ids = f.get_tensor(f"{key}/ids")[present].long().reshape(-1)
-                    h = torch.bincount(ids, minlength=meta["vocab_size"])
-                    counts[key]["hist"] = h if counts[key]["hist"] is None else counts[key]["hist"] + h
-    stream_stats = {}
-    for key, meta in info.items():
-        h = counts[key]["hist"]
-        used = None if h is None else int((h > 0).sum())
-        stream_stats[key] = {"samples": counts[key]["samples"],
-                             "tokens": counts[key]["samples"] * meta["num_tokens"],
-                             "codes_used": used,
-                             "usage": None if used is None else used / meta["vocab_size"]}
+    stream_stats = merge_statistics(sidecars, info)
     index = {"version": 1, "manifest": str(Path(manifest_path).name),
              "registry": str(Path(registry_path).resolve()), "streams": info,
              "shards": [f"shards/{shard_name(i)}.safetensors" for i in range(n_shards)],
@@ -350,4 +330,3 @@ def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, u
     write_json(out / INDEX, index)
     return EncodeSummary(out=out, samples=len(samples), skipped=skipped, streams=stream_stats,
                          seconds=time.perf_counter() - start)
-

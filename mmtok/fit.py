@@ -12,9 +12,13 @@ from collections import deque
 import torch
 from tqdm.auto import tqdm
 
-from mmtok.codec import Codec, CodecOutput
+from mmtok.codec import Codec, NeuralCodec
 from mmtok.errors import CodecError
+from mmtok.manifest import Manifest
 from mmtok.modality import Modality
+from mmtok.plugins import PluginManager, get_plugin_manager
+from mmtok.registry import Registry
+from mmtok.shards import TokenShards
 
 __all__ = ["FitReport", "fit_codec", "evaluate_codec", "evaluate_shards", "reconstruction_errors",
            "codebook_usage"]
@@ -68,23 +72,19 @@ def reconstruction_errors(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[float, 
 
 
 @torch.no_grad()
-def evaluate_shards(tokens_dir, manifest_path, registry_path=None) -> dict[str, dict]:
+def evaluate_shards(tokens_dir, manifest_path, registry_path=None,
+                    manager: PluginManager | None = None) -> dict[str, dict]:
     """Decode every encoded sample of every stream in an ``mmtok encode`` output and compare it
     with the original data from the manifest. Returns stream -> samples, rmse, nrmse,
     rmse_per_channel, codes_used, usage."""
-    from mmtok.manifest import Manifest
-    from mmtok.plugins import get_plugin_manager
-    from mmtok.registry import Registry
-    from mmtok.shards import TokenShards
-
+    manager = manager or get_plugin_manager()
     shards = TokenShards(tokens_dir)
     registry = Registry.load(registry_path or shards.index["registry"])
     manifest = Manifest.load(manifest_path)
-    manager = get_plugin_manager()
     by_id = {s.id: s for s in manifest.samples}
     out = {}
     for key, info in shards.streams.items():
-        codec = registry.codec(key)
+        codec = registry.codec(key, manager)
         originals, decoded = [], []
         for s in shards.index["samples"]:
             if key in s["streams"]:
@@ -113,8 +113,7 @@ def evaluate_codec(codec: Codec, data: Modality, *, steps: int = 0, history=None
         stream = codec.encode(batch)
         decoded = codec.decode(stream, **codec.passthrough_fields(batch))
         # error in the codec's own (normalised) space, as minimised by fit_codec
-        out = CodecOutput(codec.preprocess(batch), codec.preprocess(decoded), stream.ids, torch.zeros(()))
-        mse.append(codec.reconstruction_loss(out) * len(batch))
+        mse.append(codec.reconstruction_loss(codec.preprocess(batch), codec.preprocess(decoded)) * len(batch))
         streams.append(stream)
         recon.append(getattr(decoded, codec.field).float())
         targets.append(codec.reconstruction_target(batch).float())
@@ -133,8 +132,8 @@ def fit_codec(codec: Codec, train: Modality, *, val: Modality | None = None, ste
               device: str | torch.device | None = None) -> FitReport:
     """Fit ``codec`` on the batch ``train`` (all training samples); report on ``val`` (or train).
 
-    Fits the codec's statistics (normalisation, quantile tables) first, then, for trainable
-    codecs, runs ``steps`` AdamW steps on random mini-batches. Deterministic given ``seed``.
+    Fits the codec's statistics (normalisation, quantile tables) first, then, for learned
+    codecs (`NeuralCodec`), runs ``steps`` AdamW steps on random mini-batches. Deterministic given ``seed``.
     """
     if not isinstance(train, codec.modality):
         raise CodecError(f"fit_codec: {codec.name} trains on {codec.modality.__name__}, "
@@ -147,7 +146,7 @@ def fit_codec(codec: Codec, train: Modality, *, val: Modality | None = None, ste
     torch.manual_seed(seed)
     codec.fit_statistics(train)
     history: list[dict] = []
-    if codec.trainable and steps > 0:
+    if isinstance(codec, NeuralCodec) and steps > 0:
         codec.train()
         opt = torch.optim.AdamW(codec.parameters(), lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -159,7 +158,7 @@ def fit_codec(codec: Codec, train: Modality, *, val: Modality | None = None, ste
         for step in bar:
             idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen)
             out = codec(train[idx.to(device)])
-            recon = codec.reconstruction_loss(out)
+            recon = codec.reconstruction_loss(out.x, out.x_hat)
             loss = recon + out.aux_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()

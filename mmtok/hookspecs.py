@@ -21,6 +21,7 @@ plugin by ``mmtok plugins``. mmtok registers its own generic pieces through thes
 (`mmtok.builtin`).
 """
 
+import argparse
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import pluggy
 
 __all__ = ["hookspec", "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec",
-           "PretrainedSpec", "SampleCheckSpec", "MmtokSpec", "PROJECT"]
+           "PretrainedSpec", "SampleCheckSpec", "CommandSpec", "MmtokSpec", "PROJECT"]
 
 PROJECT = "mmtok"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -73,9 +74,11 @@ class ReaderSpec:
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
     """A model head: ``factory(d_model=, streams=, **config) -> nn.Module`` with
-    ``loss(features, batch)`` (the masked pass's encoder `Features`) and ``metrics()``. A head
-    with ``uses_model = True`` is called ``loss(features, batch, model=transformer)`` and may run
-    its own encoder passes (``model.encode_present`` of views of the batch), as contrastive heads do."""
+    ``loss(features, batch) -> scalar`` (the masked pass's encoder `Features` and the
+    `TokenBatch`). Optional: ``metrics() -> {name: float}`` of its last ``loss`` call, which the
+    trainer logs as ``head/<name>/<metric>``. A head with ``uses_model = True`` is called
+    ``loss(features, batch, model=transformer)`` and may run its own encoder passes
+    (``model.encode_present(batch.without(keys))``), as contrastive heads do."""
 
     name: str
     factory: Callable[..., Any]
@@ -118,6 +121,19 @@ class SampleCheckSpec:
     description: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class CommandSpec:
+    """A ``mmtok NAME`` subcommand (as llm's ``register_commands``). ``configure(parser)`` gets the
+    command's own `argparse.ArgumentParser`: it adds the arguments (or sub-subparsers) and sets
+    ``parser.set_defaults(func=run)``, where ``run(args) -> int`` is the exit status. A name that
+    a built-in command or an earlier plugin already has is reported and ignored."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    description: str = ""
+
+
 class MmtokSpec:
     """Hook specifications. Each returns a list of what the plugin provides."""
 
@@ -148,3 +164,7 @@ class MmtokSpec:
     @hookspec
     def mmtok_sample_checks(self) -> list[SampleCheckSpec]:
         """Checks across the modalities of one sample (run by ``mmtok encode`` / ``validate``)."""
+
+    @hookspec
+    def mmtok_commands(self) -> list[CommandSpec]:
+        """Subcommands of the ``mmtok`` command line."""

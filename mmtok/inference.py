@@ -1,27 +1,52 @@
-"""Using a trained run: embeddings of token samples and imputation of a stream.
+"""Using a trained run: load it, embed token samples, impute a stream.
 
-    features = embed_tokens("runs/clinic/model", "runs/clinic/tokens")           # ids, (n, d)
-    ids, values = impute_tokens("runs/clinic/model", "runs/clinic/tokens", "tok_vitals")
+    model = load_run("runs/clinic/model")                                         # eval mode
+    ids, features = embed_tokens("runs/clinic/model", "runs/clinic/tokens")       # (n, d)
+    ids, tokens = impute_tokens("runs/clinic/model", "runs/clinic/tokens", "tok_vitals")
 """
 
+import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from mmtok.codec import atomic_write
 from mmtok.errors import MmtokError
-from mmtok.model.data import TokenDataset
-from mmtok.train import load_run
+from mmtok.io import atomic_write, read_json
+from mmtok.model import ModelConfig, MultimodalMaskedTransformer, StreamSpec
+from mmtok.shards import TokenShards
+from mmtok.tokens import TokenBatch
 
-__all__ = ["embed_tokens", "impute_tokens", "save_tensors"]
+__all__ = ["embed_tokens", "impute_tokens", "load_run", "save_tensors"]
+
+
+def load_run(run: str | Path, checkpoint: str | None = None,
+             map_location: str | torch.device = "cpu") -> MultimodalMaskedTransformer:
+    """The trained transformer of an ``mmtok train`` run folder (latest checkpoint unless
+    ``checkpoint`` names one), in eval mode."""
+    run = Path(run)
+    meta_path = run / "model.json"
+    if not meta_path.is_file():
+        raise MmtokError(f"{run}: no model.json; not an `mmtok train` run folder")
+    meta = read_json(meta_path)
+    streams = {k: StreamSpec.model_validate(v) for k, v in meta["streams"].items()}
+    model = MultimodalMaskedTransformer(streams, ModelConfig.model_validate(meta["model"]))
+    ckdir = run / "checkpoints"
+    name = checkpoint or (read_json(ckdir / "latest.json")["checkpoint"]
+                          if (ckdir / "latest.json").is_file() else None)
+    if name is None:
+        raise MmtokError(f"{run}: no checkpoint yet")
+    weights = load_file(str(ckdir / name / "model.safetensors"), device=str(map_location))
+    own = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    model.load_state_dict(own)
+    return model.eval()
 
 
 def embed_tokens(run: str | Path, tokens: str | Path, batch_size: int = 256,
                  samples: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
     """(sample ids, (n, d) pooled encoder features) over every present token of each sample."""
     model = load_run(run)
-    data = TokenDataset(tokens, list(model.streams))
+    data = TokenShards(tokens, list(model.streams))
     idx = _select(data, samples)
     pooled = [model.embed(data.batch(idx[i:i + batch_size])).pooled for i in range(0, len(idx), batch_size)]
     return [data.sample_ids[i] for i in idx], torch.cat(pooled) if pooled else torch.zeros(0, model.config.d_model)
@@ -36,21 +61,21 @@ def impute_tokens(run: str | Path, tokens: str | Path, stream: str, samples: lis
     model = load_run(run)
     if stream not in model.streams:
         raise MmtokError(f"the run was trained on {list(model.streams)}, not {stream!r}")
-    data = TokenDataset(tokens, list(model.streams))
+    data = TokenShards(tokens, list(model.streams))
     idx = _select(data, samples)
     if samples is None and missing_only:
         idx = [i for i in idx if stream not in data.samples[i]["streams"]]
     outs = []
     for i in range(0, len(idx), batch_size):
         batch = data.batch(idx[i:i + batch_size])
-        others = {k: v for k, v in batch.items() if not k.startswith(f"{stream}/")}
-        outs.append(model.predict(others, stream, steps=steps))
+        others = {k: v for k, v in batch.items() if k != stream}
+        outs.append(model.predict(TokenBatch(others), stream, steps=steps))
     if not outs:
         raise MmtokError(f"no sample to impute {stream!r} for")
     return [data.sample_ids[i] for i in idx], torch.cat(outs)
 
 
-def _select(data: TokenDataset, samples: list[str] | None) -> list[int]:
+def _select(data: TokenShards, samples: list[str] | None) -> list[int]:
     if samples is None:
         return list(range(len(data)))
     where = {s: i for i, s in enumerate(data.sample_ids)}
@@ -62,7 +87,5 @@ def _select(data: TokenDataset, samples: list[str] | None) -> list[int]:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], sample_ids: list[str]) -> None:
     """safetensors file (atomic) with the sample ids in its metadata, in row order."""
-    import json
-
     atomic_write(Path(path), lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p),
                                                  metadata={"sample_ids": json.dumps(sample_ids)}))

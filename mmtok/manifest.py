@@ -36,10 +36,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from mmtok.config import StrictModel
 from mmtok.errors import MmtokError
 from mmtok.modality import Modality
+from mmtok.plugins import PluginManager, get_plugin_manager
 
 __all__ = ["Manifest", "ManifestError", "ManifestProblem", "SampleError", "ModalityEntry",
            "SampleEntry", "TableEntry"]
@@ -69,16 +71,12 @@ class ManifestProblem:
         return f"{where}: {self.reason}" if where else self.reason
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TableEntry(_Strict):
+class TableEntry(StrictModel):
     path: str
     key: str | None = Field(None, description="column whose values identify rows")
 
 
-class ModalityEntry(_Strict):
+class ModalityEntry(StrictModel):
     path: str | None = None
     fields: dict[str, str] = Field(default_factory=dict, description="modality field -> reader key")
     table: str | None = None
@@ -103,13 +101,13 @@ class ModalityEntry(_Strict):
         return self
 
 
-class SampleEntry(_Strict):
+class SampleEntry(StrictModel):
     id: str = Field(min_length=1)
     modalities: dict[str, ModalityEntry] = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class _TopLevel(_Strict):
+class _TopLevel(StrictModel):
     version: int = 1
     tables: dict[str, TableEntry] = Field(default_factory=dict)
     samples: list[Any] = Field(min_length=1)
@@ -219,10 +217,9 @@ class Manifest:
         try:
             if name is None:
                 return manager.reader_for(rel)
-            readers = manager.tables["readers"]
-            if name not in readers:
-                raise MmtokError(f"no reader named {name!r}; installed readers are {sorted(readers)}")
-            return readers[name]
+            if name not in manager.names("readers"):
+                raise MmtokError(f"no reader named {name!r}; installed readers are {manager.names('readers')}")
+            return manager.reader(name)
         except MmtokError as err:
             hint = ""
             if name is None and os.path.isdir(os.path.join(self.root, rel)):
@@ -298,7 +295,7 @@ class Manifest:
 
     def load_modality(self, sample: SampleEntry, key: str, manager) -> Modality:
         """One modality of one sample, as a batch of one. Raises `SampleError`."""
-        if key not in manager.tables["modalities"]:  # say so before reading any file
+        if not manager.has_modality(key):  # say so before reading any file
             self.build(sample.id, key, {}, manager)
         return self.build(sample.id, key, self.record(sample, key, manager), manager)
 
@@ -319,7 +316,7 @@ class Manifest:
         """Run the plugins' cross-modality checks (`SampleCheckSpec`) on one sample's modalities.
         Returns [(key, reason)] of the checks that fail."""
         problems = []
-        for spec in manager.tables["sample_checks"].values():
+        for spec in manager.sample_checks():
             if all(k in modalities for k in spec.modalities):
                 try:
                     spec.check({k: modalities[k] for k in spec.modalities})
@@ -331,11 +328,10 @@ class Manifest:
         return problems
 
     # ------------------------------------------------------------------ validation
-    def validate(self, manager=None, *, check_shape=None) -> list[ManifestProblem]:
-        """Every problem that can be found without running a codec. ``check_shape(key, m)``
-        may add codec-level shape checks (it raises an MmtokError on a mismatch)."""
-        from mmtok.plugins import get_plugin_manager
-
+    def validate(self, manager: PluginManager | None = None, *, check_shape=None) -> list[ManifestProblem]:
+        """Every problem that can be found without running a codec, with the plugins of
+        ``manager`` (default: the installed ones). ``check_shape(key, m)`` may add codec-level
+        shape checks (it raises an MmtokError on a mismatch)."""
         manager = manager or get_plugin_manager()
         problems = list(self.problems)
         for sid, n in Counter(s.id for s in self.samples).items():

@@ -306,9 +306,9 @@ class Modality:
         """One sample from what a reader returned (``{name: array}``).
 
         Default mapping, first that applies: record keys are field names; a single array
-        ``"data"`` (the ``.npy`` reader) fills the only tensor field; for tables (a ``columns``
-        ClassVar and a ``values`` field) the named scalars are stacked into ``values``. Plugins
-        override this when their files need more (band checks, unit conversion).
+        ``"data"`` (the ``.npy`` reader) fills the first tensor field. Tables (one number per
+        named column) are `mmtok.modalities.Columns`, which maps a row itself. Plugins override
+        this when their files need more (band checks, unit conversion).
         """
         fields = cls.tensor_fields()
         where = f"sample {sample_id!r}: " if sample_id is not None else ""
@@ -316,17 +316,6 @@ class Modality:
             return cls.from_arrays(record, sample_id=sample_id)
         if set(record) == {"data"} and len(fields) >= 1:
             return cls.from_arrays({fields[0]: record["data"]}, sample_id=sample_id)
-        columns = getattr(cls, "columns", None)
-        if columns and "values" in fields:
-            missing = [c for c in columns if c not in record]
-            if missing:
-                raise ModalityError(f"{where}{cls.__name__} needs column(s) {missing}; "
-                                    f"found {sorted(record)}")
-            try:
-                values = np.asarray([np.asarray(record[c], dtype=np.float64).reshape(()) for c in columns])
-            except (TypeError, ValueError) as err:
-                raise ModalityError(f"{where}{cls.__name__}: columns must be single numbers ({err})") from None
-            return cls.from_arrays({"values": values}, sample_id=sample_id)
         raise ModalityError(f"{where}{cls.__name__} cannot be built from keys {sorted(record)}; "
                             f"its fields are {[f.name for f in cls._fields()]}")
 

@@ -18,18 +18,21 @@ from typing import Any
 
 import pluggy
 
+import mmtok.builtin
+from mmtok import __version__
+from mmtok.codec import Codec, read_codec_config
 from mmtok.errors import CodecError, PluginError
-from mmtok.hookspecs import (PROJECT, BundleSpec, CodecSpec, HeadSpec, MmtokSpec, PretrainedSpec, ReaderSpec,
-                             SampleCheckSpec)
+from mmtok.hookspecs import (PROJECT, BundleSpec, CodecSpec, CommandSpec, HeadSpec, MmtokSpec, PretrainedSpec,
+                             ReaderSpec, SampleCheckSpec)
 from mmtok.modality import Modality
 
 __all__ = ["PluginInfo", "PluginManager", "get_plugin_manager", "reset_plugin_manager",
            "DISABLE_ENV"]
 
 DISABLE_ENV = "MMTOK_DISABLE_PLUGINS"
-KINDS = ("modalities", "codecs", "readers", "heads", "bundles", "pretrained", "sample_checks")
-_SPEC_TYPE = {"codecs": CodecSpec, "readers": ReaderSpec, "heads": HeadSpec,
-              "bundles": BundleSpec, "pretrained": PretrainedSpec, "sample_checks": SampleCheckSpec}
+KINDS = ("modalities", "codecs", "readers", "heads", "bundles", "pretrained", "sample_checks", "commands")
+_SPEC_TYPE = {"codecs": CodecSpec, "readers": ReaderSpec, "heads": HeadSpec, "bundles": BundleSpec,
+              "pretrained": PretrainedSpec, "sample_checks": SampleCheckSpec, "commands": CommandSpec}
 
 
 @dataclasses.dataclass
@@ -61,8 +64,6 @@ class PluginManager:
         self.tables: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
         self.owner: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         if builtin:
-            import mmtok.builtin
-
             self.register(mmtok.builtin, "mmtok", package="mmtok", version=_version("mmtok"))
         if entrypoints:
             self.load_entrypoints()
@@ -144,6 +145,30 @@ class PluginManager:
                               "is its plugin installed? `mmtok plugins` lists what is loaded")
         return table[name]
 
+    def names(self, kind: str) -> list[str]:
+        """Sorted names of everything of ``kind`` ("modalities", "codecs", "readers", "heads",
+        "bundles", "pretrained", "sample_checks", ...) that the plugins provide."""
+        return sorted(self.tables[kind])
+
+    def has_modality(self, name: str) -> bool:
+        return name in self.tables["modalities"]
+
+    def has_codec(self, name: str) -> bool:
+        return name in self.tables["codecs"]
+
+    def has_pretrained(self, name: str) -> bool:
+        return name in self.tables["pretrained"]
+
+    def reader(self, name: str) -> ReaderSpec:
+        return self._get("readers", name, "reader")
+
+    def sample_checks(self) -> list[SampleCheckSpec]:
+        return list(self.tables["sample_checks"].values())
+
+    def commands(self) -> list[CommandSpec]:
+        """The plugins' ``mmtok`` subcommands, sorted by name."""
+        return [self.tables["commands"][name] for name in sorted(self.tables["commands"])]
+
     def modality(self, name: str) -> type[Modality]:
         return self._get("modalities", name, "modality")
 
@@ -163,14 +188,25 @@ class PluginManager:
         spec = self.codec_spec(name)
         return spec.build(config, modality=self.modality(spec.modality))
 
+    def head(self, name: str) -> HeadSpec:
+        return self._get("heads", name, "head")
+
+    def bundle(self, name: str) -> BundleSpec:
+        return self._get("bundles", name, "bundle")
+
     def pretrained(self, name: str) -> PretrainedSpec:
         return self._get("pretrained", name, "pretrained codec")
 
+    def load_codec(self, directory: str | Path, modality: type[Modality] | None = None):
+        """Load a codec checkpoint folder (``config.json`` + ``model.safetensors``), finding its
+        class and modality among the installed plugins."""
+        meta = read_codec_config(Path(directory))
+        cls = self.codec_class(meta["codec"], family=meta["family"])
+        return cls.from_pretrained(directory, modality=modality or self.modality(meta["modality"]))
+
     def load_pretrained(self, name: str):
         """Load a codec shipped inside an installed package (offline)."""
-        from mmtok.codec import Codec
-
-        return Codec.from_pretrained(self.pretrained(name).path)
+        return self.load_codec(self.pretrained(name).path)
 
     def reader_for(self, path: str | Path) -> ReaderSpec:
         """The reader whose suffix matches the file name (the longest match wins)."""
@@ -204,10 +240,11 @@ def _validate(kind: str, item: Any) -> str | None:
     if not isinstance(item, _SPEC_TYPE[kind]):
         return f"{item!r} is not a {_SPEC_TYPE[kind].__name__}"
     if kind == "codecs":
-        from mmtok.codec import Codec
-
         if not (inspect.isclass(item.codec) and issubclass(item.codec, Codec)):
             return f"codec {item.name!r}: {item.codec!r} is not a Codec subclass"
+    if kind == "commands" and not (isinstance(item.name, str) and item.name and not item.name.startswith("-")
+                                   and not any(c.isspace() for c in item.name) and callable(item.configure)):
+        return f"command {item.name!r}: needs a name without spaces and a callable configure(parser)"
     return None
 
 
@@ -215,8 +252,6 @@ def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        from mmtok import __version__
-
         return __version__
 
 

@@ -24,9 +24,10 @@ import math
 from typing import Annotated, Literal, NamedTuple, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from mmtok.config import StrictModel
 from mmtok.errors import CodecError
 
 __all__ = [
@@ -89,8 +90,8 @@ class Quantizer(nn.Module):
 
 
 # --------------------------------------------------------------------------- configs
-class _QConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _QConfig(StrictModel):
+    """Base of the quantizer configs (``kind`` picks the adapter)."""
 
 
 class FSQConfig(_QConfig):

@@ -19,21 +19,23 @@ A ``checkpoint`` is either the name of a pretrained codec shipped inside an inst
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from mmtok.config import StrictModel, problems as validation_problems
 from mmtok.errors import MmtokError, RegistryError
+from mmtok.plugins import PluginManager, get_plugin_manager
 
 __all__ = ["Registry", "RegistryProblem", "StreamEntry", "BundleEntry", "RegistryFile"]
 
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
-class StreamEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamEntry(StrictModel):
     modality: str
     codec: str
     config: dict[str, Any] = Field(default_factory=dict)
@@ -42,15 +44,13 @@ class StreamEntry(BaseModel):
     checkpoint: str | None = None
 
 
-class BundleEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BundleEntry(StrictModel):
     streams: list[str] = Field(min_length=1)
     heads: list[str] = Field(default_factory=list)
     description: str = ""
 
 
-class RegistryFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RegistryFile(StrictModel):
     version: int = 1
     streams: dict[str, StreamEntry]
     bundles: dict[str, BundleEntry] = Field(default_factory=dict)
@@ -107,7 +107,7 @@ class Registry:
         try:
             spec = RegistryFile.model_validate(data or {})
         except ValidationError as err:
-            problems += [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+            problems += [f"{path}: {p}" for p in validation_problems(err)]
             spec = None
         if problems:
             raise RegistryError("\n".join(problems))
@@ -123,20 +123,18 @@ class Registry:
 
     # ------------------------------------------------------------------ resolving
     def _checkpoint_dir(self, ref: str, manager) -> Path:
-        if ref in manager.tables["pretrained"]:
+        if manager.has_pretrained(ref):
             return Path(manager.pretrained(ref).path)
         path = Path(ref) if os.path.isabs(ref) else self.root / ref
         if not (path / "config.json").is_file():
-            known = ", ".join(sorted(manager.tables["pretrained"])) or "none installed"
+            known = ", ".join(manager.names("pretrained")) or "none installed"
             raise RegistryError(f"checkpoint {ref!r} is neither an installed pretrained codec "
                                 f"({known}) nor a codec directory at {path}")
         return path
 
-    def codec(self, key: str, manager=None):
-        """Build the codec of stream ``key`` (loading its checkpoint if one is declared)."""
-        from mmtok.codec import Codec
-        from mmtok.plugins import get_plugin_manager
-
+    def codec(self, key: str, manager: PluginManager | None = None):
+        """Build the codec of stream ``key`` (loading its checkpoint if one is declared) with the
+        plugins of ``manager`` (default: the installed ones)."""
         if key in self._codecs:
             return self._codecs[key]
         if key not in self.streams:
@@ -145,8 +143,7 @@ class Registry:
         entry = self.streams[key]
         modality = manager.modality(entry.modality)
         if entry.checkpoint:
-            codec = Codec.from_pretrained(self._checkpoint_dir(entry.checkpoint, manager),
-                                          modality=modality)
+            codec = manager.load_codec(self._checkpoint_dir(entry.checkpoint, manager), modality=modality)
             if codec.name != entry.codec:
                 raise RegistryError(f"stream {key!r}: checkpoint {entry.checkpoint!r} holds codec "
                                     f"{codec.name!r}, the stream declares {entry.codec!r}")
@@ -164,12 +161,8 @@ class Registry:
         self._codecs[key] = codec
         return codec
 
-    def check(self, manager=None) -> list[RegistryProblem]:
+    def check(self, manager: PluginManager | None = None) -> list[RegistryProblem]:
         """Every unresolved name, mismatch or broken reference, each as one problem."""
-        import re
-
-        from mmtok.plugins import get_plugin_manager
-
         manager = manager or get_plugin_manager()
         problems: list[RegistryProblem] = []
 
@@ -181,13 +174,13 @@ class Registry:
             if not re.match(KEY_PATTERN, key):
                 add(where, f"token key must match {KEY_PATTERN}")
             ok = True
-            if entry.modality not in manager.tables["modalities"]:
+            if not manager.has_modality(entry.modality):
                 add(f"{where}.modality", f"unknown modality {entry.modality!r} (installed: "
-                    f"{', '.join(sorted(manager.tables['modalities'])) or 'none'})")
+                    f"{', '.join(manager.names('modalities')) or 'none'})")
                 ok = False
-            if entry.codec not in manager.tables["codecs"]:
+            if not manager.has_codec(entry.codec):
                 add(f"{where}.codec", f"unknown codec {entry.codec!r} (installed: "
-                    f"{', '.join(sorted(manager.tables['codecs'])) or 'none'})")
+                    f"{', '.join(manager.names('codecs')) or 'none'})")
                 ok = False
             elif manager.codec_spec(entry.codec).modality != entry.modality:
                 add(f"{where}.codec", f"codec {entry.codec!r} tokenizes modality "
@@ -213,13 +206,8 @@ class Registry:
             if len(set(bundle.streams)) != len(bundle.streams):
                 add(f"bundles.{name}.streams", "lists a stream twice")
             for head in bundle.heads:
-                if head not in manager.tables["heads"]:
+                if head not in manager.names("heads"):
                     add(f"bundles.{name}.heads", f"unknown head {head!r} (installed: "
-                        f"{', '.join(sorted(manager.tables['heads'])) or 'none'})")
+                        f"{', '.join(manager.names('heads')) or 'none'})")
         return problems
-
-    def require_valid(self, manager=None) -> None:
-        problems = self.check(manager)
-        if problems:
-            raise RegistryError("\n".join(str(p) for p in problems))
 

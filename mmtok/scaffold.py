@@ -27,6 +27,12 @@ dev = ["pytest>=7"]
 
 [tool.setuptools.packages.find]
 where = ["src"]
+
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+# mmtok.testing's fixture for every test: plugins freshly loaded, torch seeded
+addopts = "-p mmtok.testing"
+usefixtures = ["fresh_plugins"]
 """
 
 README = """\
@@ -40,8 +46,11 @@ mmtok plugins               # lists mmtok-plugin-{name}
 pytest tests                # runs mmtok's conformance kit on it
 ```
 
-Edit `src/{package}/modality.py` (the data: a frozen dataclass with jaxtyping shapes) and
-`src/{package}/plugin.py` (what the plugin registers), then rerun the tests.
+Edit `src/{package}/modalities.py` (the data: a frozen dataclass with jaxtyping shapes) and
+`src/{package}/plugin.py` (what the plugin registers), then rerun the tests. As it grows, keep the
+layout of the plugins shipped with mmtok: `codecs.py`, `readers.py`, `preprocessing.py`,
+`datasets.py`, `model/` (networks, losses), `data/` (shipped data, pretrained codecs), `cli.py`
+(its `mmtok` subcommands, registered by the `mmtok_commands` hook).
 """
 
 MODALITY = '''\
@@ -74,10 +83,9 @@ class {cls}(Modality):
 PLUGIN = '''\
 """What mmtok-plugin-{name} registers. Every hook is optional and returns a list."""
 
-from mmtok import CodecSpec, hookimpl
-from mmtok.codecs import SpectrumCodec
+from mmtok import CodecSpec, SpectrumCodec, hookimpl
 
-from {package}.modality import {cls}
+from {package}.modalities import {cls}
 
 
 @hookimpl
@@ -110,7 +118,6 @@ def test_conformance():
 
 
 def test_discovered_through_entry_point():
-    mmtok.plugins.reset_plugin_manager()
     manager = mmtok.get_plugin_manager()
     info = {{p.name: p for p in manager.plugins}}["{name}"]
     assert info.ok, info.errors
@@ -134,7 +141,7 @@ def new_plugin(name: str, directory: str | Path) -> Path:
     files = {
         "pyproject.toml": PYPROJECT, "README.md": README,
         f"src/{package}/__init__.py": '"""mmtok plugin {name}."""\n',
-        f"src/{package}/modality.py": MODALITY, f"src/{package}/plugin.py": PLUGIN,
+        f"src/{package}/modalities.py": MODALITY, f"src/{package}/plugin.py": PLUGIN,
         "tests/test_conformance.py": TEST,
     }
     for rel, template in files.items():

@@ -1,32 +1,41 @@
-"""Token shards: the on-disk output of ``mmtok encode``.
+"""Token shards: the on-disk output of ``mmtok encode``. This module is the only one that knows
+the layout; everything else reads and writes `TokenStream` / `TokenBatch`.
 
     OUT/
       run.json                      what produced it (manifest hash, streams, codec fingerprints)
       shards/shard-00000.safetensors   per stream: "<key>/ids" (n, T) int32 or "<key>/values"
                                     (n, T, d) float32, and "<key>/present" (n,) bool
-      shards/shard-00000.json       the shard's sample ids and skipped samples (written last:
-                                    its presence marks the shard complete)
+      shards/shard-00000.json       the shard's sample ids, skipped samples and per-stream
+                                    statistics (written last: its presence marks the shard complete)
       index.json                    all samples (id -> shard, row, streams), skipped samples with
                                     reasons, stream metadata, counts
 
 Rows of a shard are the encoded samples in manifest order; a sample lacking a stream has
 ``present=False`` and zero tokens there. Everything is written atomically (temporary file,
 fsync, rename), so an interrupted run never leaves a half-written shard under its real name.
+
+    shards = TokenShards("runs/clinic/tokens")          # memory-mapped, nothing loaded eagerly
+    batch = shards.batch([0, 5, 7])                     # TokenBatch of those samples
+    one = shards.stream("patient-12", "tok_labs")       # TokenStream of one sample
 """
 
-import json
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmtok.codec import atomic_write
 from mmtok.errors import MmtokError
-from mmtok.tokens import TokenStream
+from mmtok.io import atomic_write, read_json, write_json
+from mmtok.model.config import StreamSpec
+from mmtok.tokens import TokenBatch, TokenStream
 
-__all__ = ["TokenShards", "read_json", "shard_name", "stream_from_info", "write_json", "write_shard"]
+__all__ = ["INDEX", "TokenShards", "held_out", "merge_statistics", "shard_name", "tensor_names",
+           "write_shard"]
 
 INDEX = "index.json"
 
@@ -35,57 +44,146 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Compact, key-sorted JSON (deterministic; no indent, so json's C encoder does the work —
-    an indented index of many samples costs tens of microseconds per sample)."""
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"))
+def tensor_names(key: str, discrete: bool) -> tuple[str, str]:
+    """(tokens, present) tensor names of stream ``key`` in a shard (and in ``mmtok impute`` output)."""
+    return (f"{key}/ids" if discrete else f"{key}/values"), f"{key}/present"
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise MmtokError(f"{path}: cannot read ({err})") from None
+def held_out(sample_id: str, fraction: float) -> bool:
+    """Deterministic split by id: the same samples are held out on every machine and run."""
+    h = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
+    return h / 2**64 < fraction
 
 
-def write_shard(directory: Path, i: int, tensors: dict[str, torch.Tensor], sidecar: dict) -> None:
-    """Write shard ``i``: the safetensors file first, then its JSON sidecar (completion mark)."""
+# ---------------------------------------------------------------------------- writing
+def _statistics(stream: TokenStream) -> dict:
+    """Samples present and, for discrete streams, the code histogram as sparse [id, count] pairs."""
+    stats = {"samples": int(stream.present.sum()), "hist": None}
+    if stream.is_discrete and bool(stream.present.any()):
+        h = torch.bincount(stream.ids[stream.present].reshape(-1), minlength=stream.vocab_size)
+        used = h.nonzero().flatten()
+        stats["hist"] = torch.stack([used, h[used]], 1).tolist()
+    return stats
+
+
+def write_shard(directory: Path, i: int, streams: Mapping[str, TokenStream], sidecar: dict) -> None:
+    """Write shard ``i`` (every stream has one row per sample): the safetensors file first, then
+    its JSON sidecar (``sidecar`` + per-stream ``statistics``), which marks the shard complete."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / f"{shard_name(i)}.safetensors",
-                 lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p)))
-    write_json(directory / f"{shard_name(i)}.json", sidecar)
+    tensors = {}
+    for key, s in streams.items():
+        tokens_name, present_name = tensor_names(key, s.is_discrete)
+        tensors[tokens_name] = (s.ids.to(torch.int32) if s.is_discrete else s.values.float()).contiguous()
+        tensors[present_name] = s.present.contiguous()
+    atomic_write(directory / f"{shard_name(i)}.safetensors", lambda p: save_file(tensors, str(p)))
+    write_json(directory / f"{shard_name(i)}.json",
+               {**sidecar, "statistics": {k: _statistics(s) for k, s in streams.items()}})
 
 
-def stream_from_info(info: dict, tokens: torch.Tensor, present: torch.Tensor | None = None) -> TokenStream:
-    """A `TokenStream` from a stream's ``index.json`` entry and its tokens: ids ``(b, n)`` for a
-    discrete stream, values ``(b, n, d)`` for a continuous one; ``present`` defaults to all."""
-    if present is None:
-        present = torch.ones(len(tokens), dtype=torch.bool)
-    common = {"grid": tuple(info["grid"]), "present": present, "codec": info["codec"],
-              "fingerprint": info["fingerprint"]}
-    if info["vocab_size"] is not None:
-        return TokenStream(ids=tokens.long(), vocab_size=info["vocab_size"], **common)
-    return TokenStream(values=tokens.float(), **common)
+def merge_statistics(sidecars: Sequence[dict], info: Mapping[str, dict]) -> dict[str, dict]:
+    """Per stream over all shards: samples, tokens, codes used and usage (share of the vocabulary)."""
+    out = {}
+    for key, meta in info.items():
+        samples, hist = 0, defaultdict(int)
+        for side in sidecars:
+            if key not in side.get("statistics", {}):
+                raise MmtokError(f"shard {side.get('shard')} has no statistics of stream {key!r}: it was "
+                                 "written by an older mmtok; encode into a new --out folder")
+            stats = side["statistics"][key]
+            samples += stats["samples"]
+            for code, count in stats["hist"] or ():
+                hist[code] += count
+        used = len(hist) if meta["vocab_size"] is not None and samples else None
+        out[key] = {"samples": samples, "tokens": samples * meta["num_tokens"], "codes_used": used,
+                    "usage": None if used is None else used / meta["vocab_size"]}
+    return out
 
 
+# ---------------------------------------------------------------------------- reading
 class TokenShards:
-    """Read access to an ``mmtok encode`` output folder (memory-mapped, nothing loaded eagerly)."""
+    """Read access to an ``mmtok encode`` output folder: memory-mapped, nothing loaded eagerly;
+    a batch reads only the rows it needs (the span between its first and last row per shard).
 
-    def __init__(self, directory: str | Path):
+    ``streams`` picks the streams (default: all, sorted by key); `samples` / `sample_ids` are the
+    encoded samples that have at least one of them, and ``batch(indices)`` indexes those.
+    """
+
+    def __init__(self, directory: str | Path, streams: Sequence[str] | None = None):
         self.dir = Path(directory)
         if not (self.dir / INDEX).is_file():
             raise MmtokError(f"{self.dir}: no {INDEX}; not a finished `mmtok encode` output "
                              "(rerun with --resume to finish it)")
         self.index = read_json(self.dir / INDEX)
         self.streams: dict[str, dict] = self.index["streams"]
+        keys = list(streams) if streams is not None else sorted(self.streams)
+        unknown = [k for k in keys if k not in self.streams]
+        if unknown:
+            raise MmtokError(f"{self.dir}: no stream(s) {unknown}; it has {sorted(self.streams)}")
+        self.keys = keys
+        self.files = [self.dir / s for s in self.index["shards"]]
+        wanted = set(keys)
+        self.samples = [s for s in self.index["samples"] if wanted & set(s["streams"])]
+        self.sample_ids = [s["id"] for s in self.samples]
         self._where = {s["id"]: (s["shard"], s["row"]) for s in self.index["samples"]}
-
-    @property
-    def sample_ids(self) -> list[str]:
-        return [s["id"] for s in self.index["samples"]]
+        self._handles: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self.samples)
+
+    def specs(self) -> dict[str, StreamSpec]:
+        """The model's view of each selected stream (continuous widths read from the first shard)."""
+        out = {}
+        for key in self.keys:
+            info = self.streams[key]
+            if info["vocab_size"] is not None:
+                out[key] = StreamSpec(vocab_size=info["vocab_size"], grid=tuple(info["grid"]))
+            else:
+                dim = self._file(0).get_slice(tensor_names(key, False)[0]).get_shape()[-1]
+                out[key] = StreamSpec(dim=dim, grid=tuple(info["grid"]))
+        return out
+
+    def make_stream(self, key: str, tokens: torch.Tensor, present: torch.Tensor | None = None) -> TokenStream:
+        """A `TokenStream` of stream ``key`` from its tokens (ids (b, n) or values (b, n, d)), with
+        the stream's grid, vocabulary and codec; ``present`` defaults to all samples."""
+        info = self.streams[key]
+        if present is None:
+            present = torch.ones(len(tokens), dtype=torch.bool)
+        common = {"grid": tuple(info["grid"]), "present": present.bool(), "codec": info["codec"],
+                  "fingerprint": info["fingerprint"]}
+        if info["vocab_size"] is not None:
+            return TokenStream(ids=tokens.long(), vocab_size=info["vocab_size"], **common)
+        return TokenStream(values=tokens.float(), **common)
+
+    def _file(self, shard: int):
+        if os.getpid() != self._pid:  # forked into a DataLoader worker: open our own handles
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.files[shard]), "pt")
+        return self._handles[shard]
+
+    def batch(self, indices: Sequence[int]) -> TokenBatch:
+        """The samples ``indices`` (positions in `samples`), in that order, every selected stream."""
+        by_shard = defaultdict(list)  # shard -> [(position in batch, row)]
+        for pos, i in enumerate(indices):
+            s = self.samples[i]
+            by_shard[s["shard"]].append((pos, s["row"]))
+        n = len(indices)
+        parts: dict[str, list[torch.Tensor | None]] = {k: [None, None] for k in self.keys}
+        for shard, members in by_shard.items():
+            f = self._file(shard)
+            pos = torch.tensor([p for p, _ in members])
+            rows = torch.tensor([r for _, r in members])
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            for key in self.keys:
+                names = tensor_names(key, self.streams[key]["vocab_size"] is not None)
+                for j, name in enumerate(names):
+                    part = f.get_slice(name)[lo:hi][rows - lo]
+                    if parts[key][j] is None:
+                        parts[key][j] = torch.zeros((n, *part.shape[1:]), dtype=part.dtype)
+                    parts[key][j][pos] = part
+        return TokenBatch({k: self.make_stream(k, tokens, present) for k, (tokens, present) in parts.items()})
 
     def stream(self, sample_id: str, key: str) -> TokenStream:
         """The tokens of one sample for one stream, as a batch of one."""
@@ -99,12 +197,11 @@ class TokenShards:
             raise MmtokError(f"{self.dir}: no sample {sample_id!r}")
         shard, row = self._where[sample_id]
         info = self.streams[key]
-        path = self.dir / "shards" / f"{shard_name(shard)}.safetensors"
-        with safe_open(str(path), "pt") as f:
-            present = f.get_slice(f"{key}/present")[row:row + 1]
-            name = f"{key}/ids" if info["vocab_size"] is not None else f"{key}/values"
-            tokens = f.get_slice(name)[row:row + 1]
+        tokens_name, present_name = tensor_names(key, info["vocab_size"] is not None)
+        f = self._file(shard)
+        present = f.get_slice(present_name)[row:row + 1]
+        tokens = f.get_slice(tokens_name)[row:row + 1]
         if not bool(present[0]):
             raise MmtokError(f"sample {sample_id!r} has no {key!r} (its manifest entry lacks "
                              f"modality {info['modality']!r})")
-        return stream_from_info(info, tokens, present)
+        return self.make_stream(key, tokens, present)

@@ -6,21 +6,52 @@
 
 Each check raises `ConformanceError` (an AssertionError, so pytest shows it as a failure) with a
 message naming the modality / codec and what was wrong.
+
+It is also a pytest plugin defining the fixture ``fresh_plugins`` (plugin manager reloaded around
+the test, torch seeded). A test suite turns it on for every test in its pytest configuration::
+
+    [tool.pytest.ini_options]
+    addopts = "-p mmtok.testing"
+    usefixtures = ["fresh_plugins"]
 """
 
+import argparse
+import ast
 import dataclasses
+import importlib.util
+import inspect
+import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
+import mmtok.builtin
 from mmtok.codec import Codec
 from mmtok.errors import MmtokError, ModalityError
 from mmtok.hookspecs import CodecSpec
 from mmtok.modality import Modality
+from mmtok.plugins import PluginManager, reset_plugin_manager
 from mmtok.tokens import TokenStream
 
 __all__ = ["ConformanceError", "check_modality", "check_codec", "check_plugin"]
+
+try:  # only the fixture needs pytest; the kit works without it
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture
+    def fresh_plugins():
+        """The installed plugins freshly loaded before and after the test, torch seeded with 0."""
+        reset_plugin_manager()
+        torch.manual_seed(0)
+        yield
+        reset_plugin_manager()
+
+    __all__.append("fresh_plugins")
 
 
 class ConformanceError(AssertionError):
@@ -152,24 +183,32 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
         y2 = getattr(loaded.decode(s, **codec.passthrough_fields(ex)), codec.field)
         _require(torch.allclose(y, y2, atol=1e-5, rtol=1e-4), f"{name}: reloaded codec decodes differently")
     # bad input must be a clear mmtok error, never a raw torch traceback
-    if not codec.accepts_any_grid:
-        _check_wrong_shape(codec, ex, x, name)
+    _check_wrong_shape(codec, ex, name)
     _check_stream_errors(codec, s, name)
 
 
-def _check_wrong_shape(codec: Codec, ex: Modality, x: torch.Tensor, name: str) -> None:
-    bad = dict(codec.passthrough_fields(ex), **{codec.field: _bad_shape(x)})
+def _check_wrong_shape(codec: Codec, ex: Modality, name: str) -> None:
+    """A wrong-shaped field is a clear error, unless the codec brings any input to its own grid
+    (its `decoded_shape` of the input differs from the input's shape): then it must decode to
+    that grid."""
+    one = ex[:1]  # a single sample: codecs that resample may work on a large grid
     try:
-        codec.encode(codec.modality(**bad))
+        bad = codec.modality(**dict(codec.passthrough_fields(one), **{codec.field: _bad_shape(getattr(one, codec.field))}))
+        stream = codec.encode(bad)
     except MmtokError as err:
         _require(codec.field in str(err) or codec.modality.__name__ in str(err),
                  f"{name}: error for a wrong-shaped input must name the field, got: {err}")
+        return
     except Exception as err:  # noqa: BLE001
         raise ConformanceError(f"{name}: a wrong-shaped {codec.field!r} raised a raw "
                                f"{type(err).__name__} instead of a ModalityError: {err}") from err
-    else:
-        raise ConformanceError(f"{name}: encoded a wrong-shaped {codec.field!r} "
-                               f"{tuple(bad[codec.field].shape)} without error")
+    shape = tuple(getattr(bad, codec.field).shape)
+    _require(codec.decoded_shape(bad) != shape,
+             f"{name}: encoded a wrong-shaped {codec.field!r} {shape} without error")
+    out = getattr(codec.decode(stream, **codec.passthrough_fields(bad)), codec.field)
+    _require(tuple(out.shape) == codec.decoded_shape(bad),
+             f"{name}: a {shape} input decodes to {tuple(out.shape)}, the codec's decoded_shape says "
+             f"{codec.decoded_shape(bad)}")
 
 
 def _check_stream_errors(codec: Codec, s: TokenStream, name: str) -> None:
@@ -185,6 +224,41 @@ def _check_stream_errors(codec: Codec, s: TokenStream, name: str) -> None:
         raise ConformanceError(f"{name}: decoded a stream with the wrong grid without error")
 
 
+#: what a plugin may import of mmtok: the top level and these modules
+PUBLIC_MODULES = ("mmtok", "mmtok.nn", "mmtok.testing")
+
+
+def private_imports(plugin: Any) -> list[str]:
+    """``"<file>:<line>: <import>"`` for every import of a non-public mmtok module (anything but
+    `PUBLIC_MODULES`) in the source files of ``plugin``'s top-level package."""
+    module = inspect.getmodule(plugin) if not inspect.ismodule(plugin) else plugin
+    top = sys.modules.get((getattr(module, "__name__", "") or "").split(".")[0])
+    files = []
+    if top is not None and getattr(top, "__path__", None):
+        files = sorted(p for d in top.__path__ for p in Path(d).rglob("*.py"))
+    elif getattr(module, "__file__", None):
+        files = [Path(module.__file__)]
+    found = []
+    for path in files:
+        try:
+            tree = ast.parse(path.read_text(), filename=str(path))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+                if node.module == "mmtok":  # `from mmtok import codec` reaches a private module too
+                    names += [f"mmtok.{a.name}" for a in node.names
+                              if importlib.util.find_spec(f"mmtok.{a.name}") is not None]
+            for n in names:
+                if (n == "mmtok" or n.startswith("mmtok.")) and n not in PUBLIC_MODULES:
+                    found.append(f"{path}:{node.lineno}: imports {n}")
+    return found
+
+
 def check_plugin(plugin: Any, *, name: str | None = None, batch_size: int = 3,
                  codec_overrides: dict[str, dict] | None = None) -> list[str]:
     """Register ``plugin`` (a module or object with hook implementations) next to mmtok's
@@ -192,13 +266,14 @@ def check_plugin(plugin: Any, *, name: str | None = None, batch_size: int = 3,
 
     ``codec_overrides`` maps codec names to config overrides, to check codecs whose default
     size is costly (a 64x512x512 CT grid) at a small one."""
-    import mmtok.builtin
-    from mmtok.plugins import PluginManager
-
     name = name or getattr(plugin, "__name__", type(plugin).__name__)
     manager = PluginManager(entrypoints=False, builtin=plugin is not mmtok.builtin)
     info = manager.register(plugin, name)
     _require(info.ok, f"plugin {name!r} did not load cleanly: {info.errors}")
+    if plugin is not mmtok.builtin:
+        private = private_imports(plugin)
+        _require(not private, f"plugin {name!r} imports mmtok modules outside the public API "
+                 f"({', '.join(PUBLIC_MODULES)}): " + "; ".join(private))
     _require(any(info.provides.values()), f"plugin {name!r} provides nothing")
     checked = []
     for mod in info.provides.get("modalities", []):
@@ -214,22 +289,26 @@ def check_plugin(plugin: Any, *, name: str | None = None, batch_size: int = 3,
         check_codec(codec, modality.example(batch_size, generator=torch.Generator().manual_seed(0)))
         checked.append(f"codec:{codec_name}")
     for pre in info.provides.get("pretrained", []):
-        codec = Codec.from_pretrained(manager.pretrained(pre).path,
-                                      modality=manager.modality(
-                                          _pretrained_modality(manager.pretrained(pre).path)))
+        codec = manager.load_pretrained(pre)
         check_codec(codec, codec.modality.example(batch_size), fit=False)
         checked.append(f"pretrained:{pre}")
     for reader in info.provides.get("readers", []):
-        spec = manager.tables["readers"][reader]
+        spec = manager.reader(reader)
         _require(callable(spec.read) and spec.suffixes, f"reader {reader!r}: needs read() and suffixes")
         checked.append(f"reader:{reader}")
     for bundle in info.provides.get("bundles", []):
-        _require(bool(manager.tables["bundles"][bundle].streams), f"bundle {bundle!r} has no streams")
+        _require(bool(manager.bundle(bundle).streams), f"bundle {bundle!r} has no streams")
         checked.append(f"bundle:{bundle}")
+    commands = {c.name: c for c in manager.commands()}
+    for command in info.provides.get("commands", []):
+        parser = argparse.ArgumentParser(prog=f"mmtok {command}")
+        try:
+            commands[command].configure(parser)
+        except Exception as err:  # noqa: BLE001
+            raise ConformanceError(f"command {command!r}: configure(parser) raised {type(err).__name__}: "
+                                   f"{err}") from err
+        _require(callable(parser.get_default("func")), f"command {command!r}: configure(parser) must "
+                 "set parser.set_defaults(func=run) with run(args) -> int")
+        checked.append(f"command:{command}")
     return checked
 
-
-def _pretrained_modality(path) -> str:
-    from mmtok.codec import read_codec_config
-
-    return read_codec_config(path)["modality"]

@@ -123,7 +123,9 @@ class TokenStream:
 
 
 class TokenBatch(Mapping[str, TokenStream]):
-    """Token key -> `TokenStream`, all with the same batch size."""
+    """Token key -> `TokenStream`, all with the same batch size: what `mmtok.TokenShards` reads,
+    what the shared transformer, its heads and inference take. A stream missing from the batch is
+    absent from every sample."""
 
     def __init__(self, streams: Mapping[str, TokenStream]):
         sizes = {k: len(s) for k, s in streams.items()}
@@ -136,6 +138,12 @@ class TokenBatch(Mapping[str, TokenStream]):
             return self._streams[key]
         except KeyError:
             raise KeyError(f"no token stream {key!r}; streams are {sorted(self._streams)}") from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._streams
+
+    def get(self, key: str, default: TokenStream | None = None) -> TokenStream | None:
+        return self._streams.get(key, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._streams)
@@ -153,6 +161,16 @@ class TokenBatch(Mapping[str, TokenStream]):
 
     def to(self, device: torch.device | str) -> "TokenBatch":
         return TokenBatch({k: s.to(device) for k, s in self._streams.items()})
+
+    def replace(self, **streams: TokenStream) -> "TokenBatch":
+        """A batch with some streams added or replaced (by key)."""
+        return TokenBatch({**self._streams, **streams})
+
+    def without(self, keys: Sequence[str]) -> "TokenBatch":
+        """A batch whose streams ``keys`` are absent from every sample (``present`` all False)."""
+        drop = set(keys)
+        return TokenBatch({k: dataclasses.replace(s, present=torch.zeros_like(s.present)) if k in drop else s
+                           for k, s in self._streams.items()})
 
     def __repr__(self) -> str:
         parts = [f"{k}: {'ids' if s.is_discrete else 'values'}{tuple(s.tokens.shape)}"

@@ -3,19 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import mmtok.plugins
+# each test sees the installed plugins freshly loaded and torch seeded: `mmtok.testing.fresh_plugins`,
+# turned on for every test by pyproject.toml's `usefixtures`
 
 DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_plugin_manager():
-    """Each test sees the installed plugins freshly loaded (some tests add fake ones)."""
-    mmtok.plugins.reset_plugin_manager()
-    yield
-    mmtok.plugins.reset_plugin_manager()
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +20,3 @@ def corn():
 @pytest.fixture
 def python() -> str:
     return sys.executable
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)

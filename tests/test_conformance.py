@@ -158,3 +158,30 @@ def test_kit_fails_broken_modality():
 
     with pytest.raises(ConformanceError, match="frozen"):
         check_modality(NotFrozen)
+
+
+PLUGIN_SOURCE = '''
+from mmtok import CodecSpec, hookimpl, Scalars
+from mmtok.codecs import ScalarCodec        # a private module: plugins import `mmtok` only
+
+
+@hookimpl
+def mmtok_codecs():
+    return [CodecSpec("leaky-quantile", "scalars", ScalarCodec, {"columns": 4, "num_bins": 8})]
+'''
+
+
+def test_kit_fails_a_plugin_that_imports_a_private_module(tmp_path, monkeypatch):
+    pkg = tmp_path / "leaky_plugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "plugin.py").write_text(PLUGIN_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("leaky_plugin.plugin")
+    with pytest.raises(ConformanceError, match=r"plugin.py:3: imports mmtok.codecs"):
+        check_plugin(module)
+    # the same plugin through the public API passes
+    (pkg / "plugin.py").write_text(PLUGIN_SOURCE.replace("from mmtok.codecs import ScalarCodec", "from mmtok import ScalarCodec"))
+    assert check_plugin(importlib.reload(module)) == ["codec:leaky-quantile"]

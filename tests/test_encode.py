@@ -137,6 +137,38 @@ def test_validate_reports_every_problem_once_per_line(corpus):
     assert all("\n" not in line for line in lines)
 
 
+def test_validate_reports_a_codec_that_cannot_be_built_once(corpus):
+    """A stream whose checkpoint is missing is one problem, before the samples' problems, not one
+    per sample; a shape another stream's codec can't take is still one problem per sample."""
+    root, env = corpus
+    np.save(root / "data" / "big.npy", np.zeros((5, 16, 16), np.float32))  # a FiveBand, not 8 x 8
+    (root / "broken.yaml").write_text(textwrap.dedent("""
+        streams:
+          tok_five: {modality: five_band, codec: five-band-fsq, vocab_size: 1000, num_tokens: 4,
+                     checkpoint: codecs/five-band}
+          tok_vitals: {modality: vital_signs, codec: vitals-quantile, vocab_size: 64, num_tokens: 1,
+                       checkpoint: codecs/never-fitted}
+    """))
+    samples = [{"id": sid, "modalities": {"five_band": f"data/{sid}.npy",
+                                          "vital_signs": {"table": "vitals", "row": sid}}}
+               for sid in GOOD]
+    samples += [{"id": f"big{i}", "modalities": {"five_band": "data/big.npy"}} for i in range(2)]
+    (root / "many.json").write_text(json.dumps(
+        {"tables": {"vitals": {"path": "data/vitals.csv", "key": "id"}}, "samples": samples}))
+    run = cli(["validate", "many.json", "--registry", "broken.yaml"], env, root)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    hits = [line for line in lines if "never-fitted" in line]
+    assert len(hits) == 1, run.stderr
+    assert lines[0] == hits[0] and lines[0].startswith("broken.yaml: stream 'tok_vitals' (vital_signs): ")
+    assert f"skipped for the {len(GOOD)} sample(s) with vital_signs" in lines[0]
+    shape = [line for line in lines if line.startswith("many.json: ")]
+    assert [line.split(",")[0] for line in shape] == ["many.json: sample 'big0'", "many.json: sample 'big1'"]
+    assert all("five_band: " in line and "(5, 16, 16)" in line for line in shape), shape
+    assert lines[-1] == f"1 problem(s) in broken.yaml, 2 problem(s) in {len(GOOD) + 2} samples"
+    assert len(lines) == 4
+
+
 def test_encode_fail_stops_with_one_line(corpus):
     root, env = corpus
     run = cli(["encode", "manifest.json", "--out", "out", "--quiet"], env, root)

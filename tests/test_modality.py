@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mmtok import Modality, ModalityError
+from mmtok import Columns, Modality, ModalityError
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,3 +149,55 @@ def test_deferred_checks_run_at_collate_and_check():
     assert len(PositiveCube.collate([good, good])) == 2
     with pytest.raises(ModalityError, match="NaN/inf"):  # the block ended: checks are back
         PositiveCube(flux=nan.flux, labels=good.labels)
+
+
+@dataclass(frozen=True, eq=False)
+class Vitals(Columns):
+    name: ClassVar[str] = "test_vitals"
+    columns: ClassVar[tuple[str, ...]] = ("bp", "heart_rate")
+
+
+@dataclass(frozen=True, eq=False)
+class Assays(Columns):  # the names differ per data set: a per-batch field
+    name: ClassVar[str] = "test_assays"
+    names_field: ClassVar[str | None] = "names"
+    names: tuple[str, ...] = ()
+
+
+def test_columns_width_names_and_helpers():
+    v = Vitals(values=torch.tensor([[90.0, 60.0], [120.0, 80.0]]))
+    assert v.column_names == Vitals.columns and v.column("heart_rate").tolist() == [60.0, 80.0]
+    assert {k: a.tolist() for k, a in v.to_frame().items()} == {"bp": [90.0, 120.0], "heart_rate": [60.0, 80.0]}
+    assert torch.equal(Vitals.from_frame(v.to_frame()).values, v.values)
+    with pytest.raises(ModalityError, match=r"Vitals.values has 3 columns but Vitals.columns names 2: "
+                                            r"\['bp', 'heart_rate'\]"):
+        Vitals(values=torch.zeros(2, 3))
+    with pytest.raises(ModalityError, match=r"Vitals has no column 'spo2'; columns are \['bp', 'heart_rate'\]"):
+        v.column("spo2")
+    with pytest.raises(ModalityError, match=r"Vitals.from_frame: missing column\(s\) \['heart_rate'\]"):
+        Vitals.from_frame({"bp": [1.0]})
+    a = Assays.from_frame({"oil": [1.0, 2.0], "id": np.array(["a", "b"]), "water": [3, 4]})
+    assert a.names == a.column_names == ("oil", "water") and Assays.columns == ()
+    assert Assays.collate([a[0], a[1]]).names == ("oil", "water")
+    with pytest.raises(ModalityError, match=r"Assays.values has 2 columns but Assays.names names 3"):
+        Assays(values=torch.zeros(1, 2), names=("x", "y", "z"))
+    assert Assays(values=torch.zeros(1, 2)).to_frame().keys() == {"c0", "c1"}
+    with pytest.raises(ModalityError, match="repeats"):
+        @dataclass(frozen=True, eq=False)
+        class Twice(Columns):
+            name: ClassVar[str] = "test_twice"
+            columns: ClassVar[tuple[str, ...]] = ("a", "a")
+
+
+def test_columns_from_record_names_the_sample_and_the_column():
+    row = {"id": "p1", "bp": 91.0, "heart_rate": np.str_("70")}  # a CSV column kept as text
+    assert Vitals.from_record(row, sample_id="p1").values.tolist() == [[91.0, 70.0]]
+    assert Vitals.from_record({"values": np.array([1, 2])}).values.dtype == torch.float32
+    with pytest.raises(ModalityError, match=r"sample 'p2': Vitals: missing column\(s\) \['heart_rate'\]"):
+        Vitals.from_record({"bp": 90.0}, sample_id="p2")
+    with pytest.raises(ModalityError, match=r"sample 'p3': Vitals: column 'bp' must be one number, found the text ''"):
+        Vitals.from_record({"bp": np.str_(""), "heart_rate": 70.0}, sample_id="p3")
+    with pytest.raises(ModalityError, match=r"sample 'p4': Vitals.values: expected 2 values \(bp, heart_rate\)"):
+        Vitals.from_record({"values": [1.0, 2.0, 3.0]}, sample_id="p4")
+    with pytest.raises(ModalityError, match=r"sample 'p5': Vitals.values: expected finite"):
+        Vitals.from_record({"bp": float("nan"), "heart_rate": 70.0}, sample_id="p5")

@@ -1,8 +1,11 @@
 """The shared masked transformer: masking invariants, absent streams, precision, inference."""
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from mmtok import TokenBatch, TokenStream
 from mmtok.model import MaskingConfig, MaskSampler, ModelConfig, MultimodalMaskedTransformer, StreamSpec
 from mmtok.model.layers import grid_sincos
 
@@ -11,12 +14,15 @@ STREAMS = {"img": StreamSpec(vocab_size=50, grid=(3, 4)), "tab": StreamSpec(voca
 SMALL = ModelConfig(d_model=32, num_heads=4, encoder_depth=2, decoder_depth=1)
 
 
-def make_batch(present: torch.Tensor, seed: int = 0) -> dict:
+def make_batch(present: torch.Tensor, seed: int = 0) -> TokenBatch:
     g = torch.Generator().manual_seed(seed)
     b = present.shape[0]
-    return {"img/ids": torch.randint(0, 50, (b, 12), generator=g), "img/present": present[:, 0],
-            "tab/ids": torch.randint(0, 8, (b, 2), generator=g), "tab/present": present[:, 1],
-            "vec/values": torch.randn(b, 5, 3, generator=g), "vec/present": present[:, 2]}
+    return TokenBatch({
+        "img": TokenStream(grid=(3, 4), ids=torch.randint(0, 50, (b, 12), generator=g), vocab_size=50,
+                           present=present[:, 0]),
+        "tab": TokenStream(grid=(2,), ids=torch.randint(0, 8, (b, 2), generator=g), vocab_size=8,
+                           present=present[:, 1]),
+        "vec": TokenStream(grid=(5,), values=torch.randn(b, 5, 3, generator=g), present=present[:, 2])})
 
 
 def every_pattern() -> torch.Tensor:
@@ -76,12 +82,15 @@ def test_absent_streams_never_reach_the_loss():
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     # scramble the tokens of every absent stream: nothing may change
-    scrambled = dict(batch)
+    scrambled = {}
     for s, key in enumerate(STREAMS):
-        field = f"{key}/ids" if STREAMS[key].is_discrete else f"{key}/values"
-        noise = torch.randint(0, 8, batch[field].shape) if field.endswith("ids") else torch.randn(batch[field].shape) * 100
+        tokens = batch[key].tokens
+        noise = torch.randint(0, 8, tokens.shape) if STREAMS[key].is_discrete else torch.randn(tokens.shape) * 100
         absent = ~present[:, s]
-        scrambled[field] = torch.where(absent.view(-1, *[1] * (noise.dim() - 1)), noise, batch[field])
+        mixed = torch.where(absent.view(-1, *[1] * (noise.dim() - 1)), noise, tokens)
+        field = "ids" if STREAMS[key].is_discrete else "values"
+        scrambled[key] = dataclasses.replace(batch[key], **{field: mixed})
+    scrambled = TokenBatch(scrambled)
     model.zero_grad()
     out2 = model(scrambled, masks)
     out2.loss.backward()
@@ -143,9 +152,9 @@ def test_embed_predict_and_impute():
     assert values.shape == (len(present), 5, 3)
     filled = model.impute(batch, "tab")
     keep = present[:, 1]
-    assert torch.equal(filled[keep], batch["tab/ids"][keep]) and filled.max() < 8
+    assert torch.equal(filled[keep], batch["tab"].ids[keep]) and filled.max() < 8
     # the prediction of a stream never looks at the stream itself
-    other = dict(batch, **{"img/ids": torch.randint(0, 50, (len(present), 12))})
+    other = batch.replace(img=dataclasses.replace(batch["img"], ids=torch.randint(0, 50, (len(present), 12))))
     assert torch.equal(model.predict(other, "img", steps=4), ids)
 
 

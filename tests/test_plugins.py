@@ -129,3 +129,62 @@ def test_invalid_provided_items_are_reported():
     manager = PluginManager(entrypoints=False)
     info = manager.register(Plugin(), "weird")
     assert "not a named Modality subclass" in info.errors[0]
+
+
+class CommandPlugin:
+    """A plugin adding `mmtok greet NAME [--shout]` and, wrongly, a second `encode`."""
+
+    @mmtok.hookimpl
+    def mmtok_commands(self):
+        def configure(parser):
+            parser.add_argument("who")
+            parser.add_argument("--shout", action="store_true")
+            parser.set_defaults(func=lambda args: print(f"hello {args.who}{'!' if args.shout else ''}") or 3)
+
+        return [mmtok.CommandSpec("greet", help="say hello from a plugin", configure=configure),
+                mmtok.CommandSpec("encode", help="clashes with the built-in", configure=configure)]
+
+
+def test_plugin_commands_join_the_cli_and_clashes_are_reported(capsys):
+    from mmtok.cli import build_parser, main
+
+    manager = PluginManager(entrypoints=False)
+    info = manager.register(CommandPlugin(), "greeter")
+    assert info.ok and info.provides["commands"] == ["greet", "encode"]
+    assert [c.name for c in manager.commands()] == ["encode", "greet"]
+    with pytest.raises(SystemExit) as exit_:
+        build_parser(manager).parse_args(["--help"])
+    assert exit_.value.code == 0
+    out, err = capsys.readouterr()
+    assert "greet" in out and "say hello from a plugin" in out and "clashes with the built-in" not in out
+    assert "plugin 'greeter': command 'encode' clashes with a built-in mmtok command" in err
+    assert any("'encode' clashes with a built-in" in e for e in manager.info["greeter"].errors)
+    assert main(["greet", "Ada", "--shout"], manager=manager) == 3
+    assert "hello Ada!" in capsys.readouterr().out
+    # the built-in `encode` is still mmtok's own
+    with pytest.raises(SystemExit):
+        build_parser(manager).parse_args(["encode", "--help"])
+    out = capsys.readouterr().out
+    assert "--on-error" in out and "--shout" not in out
+
+
+def test_a_broken_command_plugin_does_not_stop_help_or_version(capsys):
+    from mmtok.cli import main
+
+    class Broken:
+        @mmtok.hookimpl
+        def mmtok_commands(self):
+            def configure(parser):
+                raise RuntimeError("needs libbar")
+            return [mmtok.CommandSpec("bar", help="broken", configure=configure), "not a spec"]
+
+    manager = PluginManager(entrypoints=False)
+    info = manager.register(Broken(), "broken")
+    assert "not a CommandSpec" in info.errors[0]
+    for argv in (["--help"], ["--version"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv, manager=manager)
+        assert exit_.value.code == 0
+    assert "needs libbar" in capsys.readouterr().err
+    assert main(["bar"], manager=manager) == 2
+    assert "mmtok bar: error: plugin 'broken' is broken" in capsys.readouterr().err

@@ -84,17 +84,27 @@ class VitalsPresentHead(nn.Module):
         self.linear = nn.Linear(d_model, 1)
 
     def loss(self, features, batch):
-        target = batch[f"{self.stream}/present"].float()
-        return nn.functional.binary_cross_entropy_with_logits(self.linear(features.pooled).squeeze(-1), target)
+        target = batch[self.stream].present.float()
+        logits = self.linear(features.pooled).squeeze(-1)
+        self._accuracy = float(((logits > 0).float() == target).float().mean())
+        return nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+    def metrics(self) -> dict[str, float]:
+        return {"accuracy": self._accuracy}
 
 
 def test_a_plugin_head_is_trained_jointly(tokens, tmp_path):
-    mmtok.get_plugin_manager().tables["heads"]["vitals-present"] = HeadSpec("vitals-present", VitalsPresentHead)
+    class Heads:
+        @mmtok.hookimpl
+        def mmtok_heads(self):
+            return [HeadSpec("vitals-present", VitalsPresentHead)]
+
+    mmtok.get_plugin_manager().register(Heads(), "test-heads")
     config = TrainConfig.model_validate({**CONFIG, "heads": {"vp": {"head": "vitals-present", "weight": 0.5}}})
     trainer = Trainer(tokens, tmp_path / "run", config, progress=False)
     before = trainer.module.heads["vp"].linear.weight.detach().clone()
     records = trainer.fit()
-    assert all("head/vp" in r for r in records if "loss" in r)
+    assert all("head/vp" in r and 0 <= r["head/vp/accuracy"] <= 1 for r in records if "loss" in r)
     assert not torch.equal(before, trainer.module.heads["vp"].linear.weight)
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-000006" / "model.safetensors"))
     assert "heads.vp.linear.weight" in saved

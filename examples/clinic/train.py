@@ -25,9 +25,9 @@ import torch
 
 import mmtok
 from mmtok.manifest import Manifest
-from mmtok.model.data import TokenDataset, held_out
-from mmtok.shards import stream_from_info
-from mmtok.train import TrainConfig, load_run
+from mmtok.inference import load_run
+from mmtok.shards import TokenShards, held_out
+from mmtok.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,7 +71,7 @@ def evaluate(tokens: Path, run: Path) -> None:
 
     config = TrainConfig.load(HERE / "train.yaml")
     model = load_run(run)
-    data = TokenDataset(tokens, list(model.streams))
+    data = TokenShards(tokens, list(model.streams))
     registry = mmtok.Registry.load(HERE / "registry_model.yaml")
     manifest = Manifest.load(HERE / "manifest.json")
     print("\nImputation of a held-out stream from the patient's other streams "
@@ -87,12 +87,12 @@ def evaluate(tokens: Path, run: Path) -> None:
         # only patients with another stream to predict from
         test = [i for i in test if len(data.samples[i]["streams"]) > 1]
         batch = data.batch(test)
-        others = {k: v for k, v in batch.items() if not k.startswith(f"{key}/")}
+        others = mmtok.TokenBatch({k: v for k, v in batch.items() if k != key})
         codec = registry.codec(key)
-        info = data.info[key]
+        info = data.streams[key]
 
         def decode(ids: torch.Tensor) -> np.ndarray:
-            return codec.decode(stream_from_info(info, ids)).values.numpy()
+            return codec.decode(data.make_stream(key, ids)).values.numpy()
 
         # MaskGIT decoding gives one plausible sample; the posterior mean (token probabilities x
         # the value each bin decodes to) is the least-squares estimate the RMSE asks for

@@ -27,6 +27,7 @@ from retrieval import KS, chance_recall, recall_at_k  # noqa: E402
 
 from mmtok.encode import encode_manifest  # noqa: E402
 from mmtok.shards import TokenShards  # noqa: E402
+from mmtok.tokens import TokenBatch, TokenStream  # noqa: E402
 from mmtok.train import TrainConfig, Trainer  # noqa: E402
 
 IMAGE, TEXT = ("tok_ct_volume", "tok_anatomy_mask"), ("tok_report",)
@@ -54,13 +55,10 @@ def retrieval(trainer: Trainer, tokens: Path) -> dict:
     shards = TokenShards(tokens)
     ids = shards.sample_ids
     model, head = trainer.model.eval(), trainer.module.heads["ct-alignment"].eval()
-    batch = {}
-    for key in (*IMAGE, *TEXT):
-        batch[f"{key}/ids"] = torch.cat([shards.stream(s, key).ids for s in ids]).long()
+    batch = TokenBatch({key: TokenStream.cat([shards.stream(s, key) for s in ids]) for key in (*IMAGE, *TEXT)})
     n = len(ids)
-    batch.update({f"{k}/present": torch.ones(n, dtype=torch.bool) for k in (*IMAGE, *TEXT)})
     img, txt, _ = head.embed_batch(model, batch)  # one encoder pass per side
-    texts = [tuple(r) for r in batch["tok_report/ids"].tolist()]
+    texts = [tuple(r) for r in batch["tok_report"].ids.tolist()]
     same = torch.tensor([[a == b for b in texts] for a in texts])
     sim = img @ txt.T
     return {"n": n, "image_to_text": recall_at_k(sim, same), "text_to_image": recall_at_k(sim.T, same.T),

@@ -64,7 +64,7 @@ def write_registry(path: Path, dirs: dict[str, Path]) -> Path:
     streams = {}
     for key, d in dirs.items():
         meta = json.loads((d / "config.json").read_text())
-        codec = mmtok.Codec.from_pretrained(d)
+        codec = mmtok.get_plugin_manager().load_codec(d)
         streams[key] = {"modality": meta["modality"], "codec": meta["codec"], "config": meta["config"],
                         "vocab_size": codec.vocab_size, "num_tokens": codec.num_tokens,
                         "checkpoint": str(d.resolve())}

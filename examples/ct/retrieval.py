@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from ct_data import CROP, split_crops  # noqa: E402
 
 from mmtok_plugin_ct import ReportText  # noqa: E402
-from mmtok_plugin_ct.encoder import CTEncoderConfig, CTReportAligner  # noqa: E402
+from mmtok_plugin_ct.model.encoder import CTEncoderConfig, CTReportAligner  # noqa: E402
 from mmtok_plugin_ct.regions import NUM_REGIONS  # noqa: E402
 from mmtok_plugin_ct.text import ReportTextCodec, step_index, step_regions  # noqa: E402
 

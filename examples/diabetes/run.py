@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 import mmtok
-from mmtok.codec import atomic_write
+from mmtok.io import atomic_write
 from mmtok.fit import evaluate_codec
 from mmtok_plugin_tabular import load_diabetes
 

@@ -16,8 +16,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmtok.codec import ChannelNorm, Codec, CodecConfig
+from mmtok.codec import ChannelNorm, NeuralCodec, NeuralCodecConfig
 from mmtok.errors import ModalityError
+from mmtok.modalities import Image, Spectrum, Volume
 from mmtok.modality import Modality
 from mmtok.quantize import build_quantizer
 
@@ -28,7 +29,7 @@ _CONV = {1: (nn.Conv1d, nn.ConvTranspose1d), 2: (nn.Conv2d, nn.ConvTranspose2d),
          3: (nn.Conv3d, nn.ConvTranspose3d)}
 
 
-class PatchCodecConfig(CodecConfig):
+class PatchCodecConfig(NeuralCodecConfig):
     channels: int = Field(ge=1, description="number of input channels / bands")
     size: list[int] = Field(min_length=1, max_length=3, description="spatial size, e.g. [64, 64]")
     patch: list[int] = Field(min_length=1, max_length=3, description="patch size per axis")
@@ -86,7 +87,7 @@ class PatchDecoder(nn.Module):
         return self.net(z.transpose(1, 2).reshape(z.shape[0], z.shape[2], *self.grid))
 
 
-class PatchCodec(Codec):
+class PatchCodec(NeuralCodec):
     """Generic patch codec; subclasses fix the number of spatial axes (``ndim``)."""
 
     config_class = PatchCodecConfig
@@ -108,15 +109,9 @@ class PatchCodec(Codec):
     def token_grid(self) -> tuple[int, ...]:
         return tuple(s // p for s, p in zip(self.config.size, self.config.patch))
 
-    def preprocess(self, m: Modality) -> Tensor:
-        return self.norm(self.read_field(m, (self.config.channels, *self.config.size)))
-
-    def postprocess(self, x_hat: Tensor, **fields) -> Modality:
-        return super().postprocess(self.norm.inverse(x_hat.float()), **fields)
-
-    @torch.no_grad()
-    def fit_statistics(self, m: Modality) -> None:
-        self.norm.fit(getattr(m, self.field).float())
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.config.channels, *self.config.size)
 
     def extra_repr(self) -> str:
         return f"grid={self.token_grid}, tokens={math.prod(self.grid)}, vocab={self.vocab_size}"
@@ -126,6 +121,7 @@ class SpectrumCodec(PatchCodec):
     """1D spectra: (b, c, wavelengths) in patches of ``patch`` channels."""
     family = "spectrum-patch"
     ndim = 1
+    default_modality = Spectrum
 
 
 class TimeSeriesCodec(PatchCodec):
@@ -138,9 +134,11 @@ class ImageCodec(PatchCodec):
     """Multi-band 2D images: (b, c, h, w) in a grid of ``patch`` pixels."""
     family = "image-patch"
     ndim = 2
+    default_modality = Image
 
 
 class VolumeCodec(PatchCodec):
     """3D volumes: (b, c, d, h, w) in a grid of ``patch`` voxels."""
     family = "volume-patch"
     ndim = 3
+    default_modality = Volume

@@ -13,14 +13,15 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmtok.codec import ChannelNorm, Codec, CodecConfig
+from mmtok.codec import ChannelNorm, NeuralCodec, NeuralCodecConfig
+from mmtok.modalities import Scalars
 from mmtok.modality import Modality
 from mmtok.quantize import build_quantizer
 
 __all__ = ["TableCodecConfig", "TableCodec"]
 
 
-class TableCodecConfig(CodecConfig):
+class TableCodecConfig(NeuralCodecConfig):
     columns: int = Field(ge=1)
     num_tokens: int = Field(2, ge=1)
     hidden: int = Field(128, ge=1)
@@ -32,9 +33,12 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, o))
 
 
-class TableCodec(Codec):
+class TableCodec(NeuralCodec):
+    """x: (b, columns) -> num_tokens tokens."""
+
     config_class = TableCodecConfig
     family: ClassVar[str] = "table-mlp"
+    default_modality = Scalars
 
     def __init__(self, config, modality: type[Modality] | None = None, name: str | None = None):
         super().__init__(config, modality, name)
@@ -49,12 +53,6 @@ class TableCodec(Codec):
     def token_grid(self) -> tuple[int, ...]:
         return (self.config.num_tokens,)
 
-    def preprocess(self, m: Modality) -> Tensor:
-        return self.norm(self.read_field(m, (self.config.columns,)))
-
-    def postprocess(self, x_hat: Tensor, **fields) -> Modality:
-        return super().postprocess(self.norm.inverse(x_hat.float()), **fields)
-
-    @torch.no_grad()
-    def fit_statistics(self, m: Modality) -> None:
-        self.norm.fit(getattr(m, self.field).float())
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.config.columns,)

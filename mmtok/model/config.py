@@ -6,16 +6,18 @@ silently ignored setting.
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from mmtok.config import StrictModel
 
 __all__ = ["MaskingConfig", "ModelConfig", "StreamBudget", "StreamSpec"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Frozen(StrictModel):
+    model_config = ConfigDict(frozen=True)
 
 
-class StreamSpec(_Strict):
+class StreamSpec(_Frozen):
     """One token stream as the model sees it (read from a token folder's ``index.json``).
 
     vocab_size: codebook size of a discrete stream; None for a continuous one.
@@ -44,7 +46,7 @@ class StreamSpec(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(_Frozen):
     """Size of `MultimodalMaskedTransformer` (4M-B is d_model 768, 12 + 12 layers)."""
 
     d_model: int = Field(default=256, ge=8)
@@ -63,7 +65,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class StreamBudget(_Strict):
+class StreamBudget(_Frozen):
     """Per-stream overrides of the masking budgets."""
 
     alpha: float | None = Field(default=None, gt=0)
@@ -73,7 +75,7 @@ class StreamBudget(_Strict):
     max_target: int | None = Field(default=None, ge=0)
 
 
-class MaskingConfig(_Strict):
+class MaskingConfig(_Frozen):
     """4M's multimodal masking: per sample, a Dirichlet(alpha) draw over the *present* streams
     splits ``input_budget`` visible tokens, and another draw splits ``target_budget`` target
     tokens among the tokens left. Per-stream minimum / maximum counts apply first; whatever a full

@@ -1,11 +1,8 @@
 """`MultimodalMaskedTransformer`: one encoder-decoder over every token stream (4M / AION-1).
 
-A batch is the token-shard layout of ``mmtok encode`` (see `mmtok.shards`)::
-
-    {"<key>/ids": (b, n_key) int, "<key>/values": (b, n_key, dim) float, "<key>/present": (b,) bool}
-
-with ``ids`` for discrete streams and ``values`` for continuous ones; a stream missing from the
-dict is absent from every sample. The encoder sees the input slots of `Masks`, the decoder asks
+A batch is a `mmtok.TokenBatch` (token key -> `TokenStream`: ``ids`` (b, n_key) for discrete
+streams, ``values`` (b, n_key, dim) for continuous ones, ``present`` (b,)); a stream missing from
+the batch is absent from every sample. The encoder sees the input slots of `Masks`, the decoder asks
 for the target slots (mask token + position + stream embedding, cross-attending to the
 encoder). Absent streams are never inputs or targets, so they never reach the loss.
 """
@@ -22,6 +19,7 @@ from mmtok.errors import MmtokError
 from mmtok.model.config import ModelConfig, StreamSpec
 from mmtok.model.layers import DecoderBlock, EncoderBlock, grid_sincos
 from mmtok.model.masking import Masks, StreamLayout
+from mmtok.tokens import TokenBatch, TokenStream
 
 __all__ = ["Features", "ModelOutput", "MultimodalMaskedTransformer"]
 
@@ -88,32 +86,33 @@ class MultimodalMaskedTransformer(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     # ------------------------------------------------------------------ batch -> sequence
-    def presence(self, batch: dict[str, Tensor]) -> Bool[Tensor, "b s"]:
+    def presence(self, batch: TokenBatch) -> Bool[Tensor, "b s"]:
         """(b, s) which streams each sample has."""
         b = _batch_size(batch)
         device = self.position.device
         cols = []
         for key in self.layout.keys:
-            p = batch.get(f"{key}/present")
-            cols.append(torch.zeros(b, dtype=torch.bool, device=device) if p is None else p.to(device).bool())
+            s = batch.get(key)
+            cols.append(torch.zeros(b, dtype=torch.bool, device=device) if s is None else s.present.to(device))
         return torch.stack(cols, 1)
 
-    def _ids(self, batch: dict[str, Tensor], b: int) -> Int[Tensor, "b n"]:
+    def _ids(self, batch: TokenBatch, b: int) -> Int[Tensor, "b n"]:
         """Joint-vocabulary ids of every slot (0 for continuous or absent streams)."""
         parts = []
         for s, (key, spec) in enumerate(self.streams.items()):
-            ids = batch.get(f"{key}/ids") if spec.is_discrete else None
+            stream = batch.get(key) if spec.is_discrete else None
+            ids = None if stream is None else stream.ids
             if ids is None:
                 parts.append(torch.zeros(b, spec.num_tokens, dtype=torch.long, device=self.position.device))
             else:
                 parts.append(ids.to(self.position.device).long() + self.vocab_offset[s])
         return torch.cat(parts, 1)
 
-    def _embed_slots(self, batch: dict[str, Tensor], ids: Tensor, idx: Int[Tensor, "b k"]) -> Tensor:
+    def _embed_slots(self, batch: TokenBatch, ids: Tensor, idx: Int[Tensor, "b k"]) -> Tensor:
         x = self.token_embedding(ids.gather(1, idx))
         if len(self.value_embedding):  # continuous streams: project their values into the slots
             for key, proj in self.value_embedding.items():
-                values = batch.get(f"{key}/values")
+                values = _values(batch, key)
                 if values is None:
                     continue
                 v, here = self.layout.gather(key, values.to(x.device), idx)
@@ -121,7 +120,7 @@ class MultimodalMaskedTransformer(nn.Module):
         return x + self.position[idx] + F.embedding(self.stream_of[idx], self.stream_embedding)
 
     # ------------------------------------------------------------------ encoder / decoder
-    def encode(self, batch: dict[str, Tensor], idx: Int[Tensor, "b k"], valid: Bool[Tensor, "b k"],
+    def encode(self, batch: TokenBatch, idx: Int[Tensor, "b k"], valid: Bool[Tensor, "b k"],
                ids: Tensor | None = None) -> Features:
         """Encode the slots ``idx`` (valid entries) of each sample."""
         ids = self._ids(batch, idx.shape[0]) if ids is None else ids
@@ -152,7 +151,7 @@ class MultimodalMaskedTransformer(nn.Module):
         return slice(start, start + self.streams[self.layout.keys[s]].vocab_size)
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: dict[str, Tensor], masks: Masks, normalizer: Tensor | float | None = None) -> ModelOutput:
+    def forward(self, batch: TokenBatch, masks: Masks, normalizer: Tensor | float | None = None) -> ModelOutput:
         """Masked-modelling loss: cross-entropy on discrete targets, ``continuous_loss`` on
         continuous ones, summed over valid targets and divided by ``normalizer`` (default: their
         count; a distributed trainer passes the global count / world size)."""
@@ -176,7 +175,7 @@ class MultimodalMaskedTransformer(nn.Module):
             token_loss = torch.where(discrete, ce, token_loss)
             hit = (discrete & (logits.argmax(-1) == target)).float()
         for key, head in self.value_head.items():
-            values = batch.get(f"{key}/values")
+            values = _values(batch, key)
             if values is None:
                 continue
             true, here = self.layout.gather(key, values.to(h.device).float(), masks.target_idx)
@@ -194,11 +193,11 @@ class MultimodalMaskedTransformer(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def embed(self, batch: dict[str, Tensor]) -> Features:
+    def embed(self, batch: TokenBatch) -> Features:
         """Encoder features of every token of every present stream (no masking)."""
         return self.encode_present(batch)
 
-    def encode_present(self, batch: dict[str, Tensor]) -> Features:
+    def encode_present(self, batch: TokenBatch) -> Features:
         """`embed` with gradients: for heads that encode views of a batch while training."""
         present = self.presence(batch)
         slots = present[:, self.stream_of]
@@ -206,7 +205,7 @@ class MultimodalMaskedTransformer(nn.Module):
         return self.encode(batch, masks.input_idx.to(present.device), masks.input_valid)
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, Tensor], stream: str, steps: int = 8,
+    def predict(self, batch: TokenBatch, stream: str, steps: int = 8,
                 temperature: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
         """Predict stream ``stream`` of every sample from its *other* present streams.
 
@@ -228,12 +227,12 @@ class MultimodalMaskedTransformer(nn.Module):
             h = self.decode(self.encode(batch, masks.input_idx, masks.input_valid), masks.target_idx,
                             masks.target_valid)
             return self.value_head[stream](h).float()
-        work = dict(batch)
         pred = torch.zeros(b, n_s, dtype=torch.long, device=others.device)
         done = torch.zeros(b, n_s, dtype=torch.bool, device=others.device)
         steps = max(1, min(steps, n_s))
         for t in range(steps):
-            work[f"{stream}/ids"], work[f"{stream}/present"] = pred, torch.ones(b, dtype=torch.bool)
+            work = batch.replace(**{stream: TokenStream(grid=spec.grid, ids=pred, vocab_size=spec.vocab_size,
+                                                        present=torch.ones(b, dtype=torch.bool, device=pred.device))})
             inputs = others.clone()
             inputs[:, sl] = done
             targets = torch.zeros_like(others)
@@ -260,7 +259,7 @@ class MultimodalMaskedTransformer(nn.Module):
         return pred
 
     @torch.no_grad()
-    def predict_proba(self, batch: dict[str, Tensor], stream: str) -> Float[Tensor, "b n v"]:
+    def predict_proba(self, batch: TokenBatch, stream: str) -> Float[Tensor, "b n v"]:
         """(b, n, vocab) token distributions of discrete stream ``stream``, all its tokens at once,
         given the sample's *other* present streams (one pass, no iterative decoding)."""
         s = self.layout.index(stream)
@@ -276,22 +275,28 @@ class MultimodalMaskedTransformer(nn.Module):
         return torch.softmax(self.logits(h, masks.target_idx)[..., self._vocab_slice(s)], -1)
 
     @torch.no_grad()
-    def impute(self, batch: dict[str, Tensor], stream: str, **kwargs) -> Tensor:
+    def impute(self, batch: TokenBatch, stream: str, **kwargs) -> Tensor:
         """Like `predict`, but samples that have the stream keep their own tokens."""
         pred = self.predict(batch, stream, **kwargs)
-        own = batch.get(f"{stream}/ids" if self.streams[stream].is_discrete else f"{stream}/values")
-        present = batch.get(f"{stream}/present")
-        if own is None or present is None:
+        own = batch.get(stream)
+        if own is None:
             return pred
-        keep = present.to(pred.device).bool().view(-1, *([1] * (pred.dim() - 1)))
-        return torch.where(keep, own.to(pred.device).to(pred.dtype), pred)
+        keep = own.present.to(pred.device).view(-1, *([1] * (pred.dim() - 1)))
+        return torch.where(keep, own.tokens.to(pred.device).to(pred.dtype), pred)
 
 
-def _batch_size(batch: dict[str, Tensor]) -> int:
-    for k, v in batch.items():
-        if k.endswith("/present"):
-            return int(v.shape[0])
-    raise MmtokError(f"batch has no '<stream>/present' entries; keys are {sorted(batch)}")
+def _values(batch: TokenBatch, key: str) -> Tensor | None:
+    """Continuous tokens (b, n, d) of stream ``key``, None when the batch lacks it."""
+    s = batch.get(key)
+    return None if s is None else s.values
+
+
+def _batch_size(batch: TokenBatch) -> int:
+    if not isinstance(batch, TokenBatch):
+        raise MmtokError(f"the model takes a TokenBatch (mmtok.TokenShards.batch), found {type(batch).__name__}")
+    if not len(batch):
+        raise MmtokError("the batch has no token streams")
+    return batch.batch_size
 
 
 def _at_least_one(valid: Bool[Tensor, "b k"]) -> Bool[Tensor, "b k"]:

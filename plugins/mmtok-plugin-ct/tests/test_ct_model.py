@@ -6,20 +6,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mmtok_plugin_ct.encoder import (
+from mmtok_plugin_ct.model.encoder import (
     CTEncoderConfig,
     CTReportAligner,
     CTVisionEncoder,
     ReportTextEncoder,
 )
-from mmtok_plugin_ct.head import CTAlignmentHead
-from mmtok_plugin_ct.layers import (
+from mmtok_plugin_ct.model.head import CTAlignmentHead
+from mmtok_plugin_ct.model.layers import (
     AnatomicalStructureEncoder,
     RegionAwareAttention,
     SliceAwareAttention,
     ThreeDPatchEmbedding,
 )
-from mmtok_plugin_ct.losses import CrossModalContrastiveLoss, MultiLevelAlignmentLoss
+from mmtok_plugin_ct.model.losses import CrossModalContrastiveLoss, MultiLevelAlignmentLoss
 
 from mmtok.model import (
     MaskingConfig,
@@ -29,6 +29,7 @@ from mmtok.model import (
     StreamSpec,
 )
 from mmtok.model.transformer import Features
+from mmtok.tokens import TokenBatch, TokenStream
 
 torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation
 
@@ -300,9 +301,10 @@ def test_alignment_head_on_the_shared_transformer():
     b = 6
     model = MultimodalMaskedTransformer(STREAMS, ModelConfig(d_model=32, num_heads=4, encoder_depth=1,
                                                             decoder_depth=1))
-    batch = {f"{k}/ids": torch.randint(0, s.vocab_size, (b, s.num_tokens)) for k, s in STREAMS.items()}
-    batch.update({f"{k}/present": torch.ones(b, dtype=torch.bool) for k in STREAMS})
-    batch["tok_report/present"][0] = False
+    present = {k: torch.ones(b, dtype=torch.bool) for k in STREAMS}
+    present["tok_report"][0] = False
+    batch = TokenBatch({k: TokenStream(grid=s.grid, ids=torch.randint(0, s.vocab_size, (b, s.num_tokens)),
+                                       vocab_size=s.vocab_size, present=present[k]) for k, s in STREAMS.items()})
     sampler = MaskSampler(model.layout, MaskingConfig(input_budget=10, target_budget=6))
     masks = sampler(model.presence(batch), sampler.draw(b, 0))
     head = CTAlignmentHead(d_model=32, streams=model.streams, shared_dim=8)

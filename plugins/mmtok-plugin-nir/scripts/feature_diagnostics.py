@@ -14,9 +14,9 @@ import torch
 from sklearn.linear_model import RidgeCV
 
 from mmtok_plugin_nir.baselines import fit_pls
-from mmtok_plugin_nir.data import load_corn
+from mmtok_plugin_nir.datasets import load_corn
 from mmtok_plugin_nir.metrics import regression_metrics
-from mmtok_plugin_nir.preprocess import prepare
+from mmtok_plugin_nir.preprocessing import prepare
 from mmtok_plugin_nir.protocol import calibration_split
 from mmtok_plugin_nir.transfer import load_pretrained
 

@@ -7,9 +7,9 @@ import torch
 from mmtok import ModalityError
 from mmtok.plugins import get_plugin_manager
 from mmtok.testing import check_codec, check_plugin
-from mmtok_plugin_nir.data import NIRDataError, PairedSpectra, load_corn, load_tablet
+from mmtok_plugin_nir.datasets import NIRDataError, PairedSpectra, load_corn, load_tablet
 from mmtok_plugin_nir.modalities import NIRSpectrum
-from mmtok_plugin_nir.preprocess import (augment, baseline_drift, intensity_scale, prepare, resample, snv,
+from mmtok_plugin_nir.preprocessing import (augment, baseline_drift, intensity_scale, prepare, resample, snv,
                                          wavelength_shift)
 
 

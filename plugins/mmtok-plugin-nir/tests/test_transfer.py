@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from mmtok_plugin_nir.baselines import TransferInputError, make_method
+from mmtok.cli import main as mmtok_main
 from mmtok_plugin_nir.benchmark import run_benchmark
-from mmtok_plugin_nir.cli import main
-from mmtok_plugin_nir.data import load_corn
+from mmtok_plugin_nir.cli import main as mmtok_nir_alias
+from mmtok_plugin_nir.datasets import load_corn
 from mmtok_plugin_nir.pretrain import PretrainConfig, pretrain
 from mmtok_plugin_nir.protocol import (TransferSetting, calibration_split, draw_transfer_samples, make_task,
                                        run_transfer)
@@ -18,6 +19,11 @@ from mmtok_plugin_nir.transfer import SpectralFMTransfer
 TINY = {"n_points": 256, "patch_size": 32, "d_model": 32, "n_mamba_layers": 2, "d_state": 4, "expand": 1,
         "n_heads": 2, "z_chem": 16, "z_inst": 8, "fno_modes": 8, "fno_width": 8, "wavelet_levels": 2}
 FAST = {"calib_steps": 30, "transfer_steps": 10, "ttt_steps": 3}
+
+
+def main(argv: list[str]) -> int:
+    """``mmtok nir ARGV`` (the plugin's command through the ``mmtok_commands`` hook)."""
+    return mmtok_main(["nir", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +80,18 @@ def test_bad_transfer_requests_are_clear_errors(capsys):
     assert "spectralfm options: expected some of" in capsys.readouterr().err
     assert main([*base, "--method", "spectralfm", "--checkpoint", "/no/such/run", "--spectralfm", "ttt_steps"]) == 2
     assert "--spectralfm: expected KEY=VALUE items, found 'ttt_steps'" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_and_the_mmtok_nir_alias_still_works(capsys):
+    bad = ["transfer", "--source", "m5", "--target", "mp9", "--property", "moisture", "--n-transfer", "5",
+           "--method", "pds"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmtok nir transfer: error: ") and "no instrument 'mp9'" in err and err.count("\n") == 1
+    assert mmtok_nir_alias(bad) == 2                    # deprecated `mmtok-nir`, same parser, one note
+    note, line = capsys.readouterr().err.splitlines()
+    assert "deprecated" in note and "mmtok nir" in note
+    assert line.startswith("mmtok-nir transfer: error: ") and "no instrument 'mp9'" in line
 
 
 def test_classical_transfer_beats_no_transfer_on_real_corn():

@@ -6,7 +6,7 @@
 Split: the first 342 patients (file order) train, the last 100 are held out. Each codec is
 built with seed 0, fitted with `mmtok.fit_codec` (2000 AdamW steps for the FSQ table codecs,
 statistics only for the quantile codec), evaluated with `mmtok.fit.evaluate_codec` on the held-out
-100 and saved with ``save_pretrained`` to ``src/mmtok_plugin_tabular/pretrained/diabetes-<x>/``
+100 and saved with ``save_pretrained`` to ``src/mmtok_plugin_tabular/data/pretrained/diabetes-<x>/``
 with its metrics in ``metrics.json``. Prints a markdown table (the one in README.md).
 For reference it also reports ``table-quantile`` (one 64-bin quantile token per column) on the
 same columns; that codec is not saved. About 10 s on 2 CPU cores.
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 import mmtok
-from mmtok.fit import evaluate_codec, fit_codec
+from mmtok import evaluate_codec, fit_codec
 from mmtok_plugin_tabular import load_diabetes
 from mmtok_plugin_tabular.modalities import Table
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "mmtok_plugin_tabular" / "pretrained"
+OUT = Path(__file__).resolve().parents[1] / "src" / "mmtok_plugin_tabular" / "data" / "pretrained"
 SEED = 0
 STEPS = 2000
 
@@ -62,7 +62,7 @@ def main() -> None:
         torch.manual_seed(SEED)  # the initial weights
         codec = manager.build_codec(codec_name)
         tr, te = getattr(train, field), getattr(test, field)
-        steps = STEPS if codec.trainable else 0  # quantile codecs fit statistics only
+        steps = STEPS if isinstance(codec, mmtok.NeuralCodec) else 0  # quantile codecs fit statistics only
         train_report = fit_codec(codec, tr, steps=steps, seed=SEED, progress=False)
         report = evaluate_codec(codec, te)
         metrics = {

@@ -12,12 +12,9 @@ same data; the conversion matters for comparing statistics across surveys.)
 
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
-from mmtok import CodecError, Modality
-from mmtok.codec import Codec
-from mmtok.codecs import ImageCodec
+from mmtok import CodecError, ImageCodec, Modality
 
 __all__ = ["SurveyImageCodec"]
 
@@ -38,14 +35,10 @@ class SurveyImageCodec(ImageCodec):
         #: pixel units -> nanomaggies
         self.to_nmgy = float(self.modality.nanomaggies_per_unit())
 
-    def preprocess(self, m: Modality) -> Tensor:
-        """flux (b, c, h, w) -> normalised nanomaggies (b, c, h, w)."""
-        return self.norm(self.read_field(m, (self.config.channels, *self.config.size)) * self.to_nmgy)
+    def to_tensor(self, m: Modality) -> Tensor:
+        """flux (b, c, h, w) in survey units -> nanomaggies (b, c, h, w)."""
+        return self.read_field(m, self.input_shape) * self.to_nmgy
 
-    def postprocess(self, x_hat: Tensor, **fields: Any) -> Modality:
-        """normalised (b, c, h, w) -> modality with flux in the survey's units."""
-        return Codec.postprocess(self, self.norm.inverse(x_hat.float()) / self.to_nmgy, **fields)
-
-    @torch.no_grad()
-    def fit_statistics(self, m: Modality) -> None:
-        self.norm.fit(self.read_field(m, (self.config.channels, *self.config.size)) * self.to_nmgy)
+    def from_tensor(self, x: Tensor, **fields: Any) -> Modality:
+        """nanomaggies (b, c, h, w) -> modality with flux in the survey's units."""
+        return self.modality(flux=x / self.to_nmgy, **fields)

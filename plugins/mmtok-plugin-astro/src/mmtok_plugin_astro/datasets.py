@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmtok import Modality, ModalityError
-from mmtok.readers import read_npz
+from mmtok import Modality, ModalityError, read_npz
 
 from mmtok_plugin_astro.modalities import HSCImage, SourceCatalog
 from mmtok_plugin_astro.readers import read_fits

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mmtok import Modality, ModalityError
+from mmtok import Columns, Modality, ModalityError, stack_columns
 
 from mmtok_plugin_astro.preprocessing import nanomaggies_per_unit
 
@@ -197,63 +197,36 @@ class LegacySurveyImage(_SurveyImage, Modality):
         return cls(flux=flux, ivar=torch.full_like(flux, 0.005 ** -2))
 
 
-class _NamedColumns:
-    """``from_record`` / ``from_catalog`` for tables with a fixed ``columns`` ClassVar."""
-
-    columns: ClassVar[tuple[str, ...]]
+@dataclass(frozen=True, eq=False)
+class _CatalogColumns(Columns):
+    """A `Columns` table of the astro files: ``from_record`` refuses a whole ``catalog`` table
+    (the scarlet npz files carry one), and ``from_catalog`` / ``to_catalog`` are the catalogue
+    names of ``from_frame`` / ``to_frame``."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], sample_id: str | None = None):
         """One row (batch of 1): either ``{"values": (c,)}`` or one number per named column
         (extra keys, e.g. an id or coordinates, are ignored)."""
-        where, name = _where(sample_id), cls.__name__
         if "catalog" in record:
             rows = np.asarray(record["catalog"]).shape
-            raise ModalityError(f"{where}{name}.from_record builds one row; the record holds a "
-                                f"'catalog' table of shape {rows}: use {name}.from_catalog")
-        if "values" in record:
-            values = np.asarray(record["values"])
-            if values.shape != (len(cls.columns),):
-                raise ModalityError(f"{where}{name}.values: expected {len(cls.columns)} values "
-                                    f"({', '.join(cls.columns)}), found shape {values.shape}")
-            return cls.from_arrays({"values": values.astype(np.float64)}, sample_id=sample_id)
-        missing = [c for c in cls.columns if c not in record]
-        if missing:
-            raise ModalityError(f"{where}{name}: missing column(s) {missing}; needs "
-                                f"{list(cls.columns)}, found {sorted(record)}")
-        row = []
-        for c in cls.columns:
-            value = np.asarray(record[c])
-            if value.size != 1 or value.dtype.kind not in "biuf":
-                raise ModalityError(f"{where}{name}: column {c!r} must be one number, found "
-                                    f"{value.dtype} array of shape {value.shape}")
-            row.append(float(value.reshape(())))
-        return cls.from_arrays({"values": np.asarray(row)}, sample_id=sample_id)
+            raise ModalityError(f"{_where(sample_id)}{cls.__name__}.from_record builds one row; the "
+                                f"record holds a 'catalog' table of shape {rows}: use "
+                                f"{cls.__name__}.from_catalog")
+        return super().from_record(record, sample_id=sample_id)
 
     @classmethod
     def from_catalog(cls, catalog: Any):
         """Many rows: a numpy structured array or a mapping of 1-D columns (n rows) -> batch of
         n, values (n, c) in ``columns`` order."""
-        names = catalog.dtype.names if isinstance(catalog, np.ndarray) else list(catalog)
-        missing = [c for c in cls.columns if c not in (names or ())]
-        if missing:
-            raise ModalityError(f"{cls.__name__}.from_catalog: missing column(s) {missing}; needs "
-                                f"{list(cls.columns)}, found {list(names or ())}")
-        cols = [np.asarray(catalog[c]) for c in cls.columns]
-        for c, a in zip(cls.columns, cols):
-            if a.ndim != 1 or a.dtype.kind not in "biuf":
-                raise ModalityError(f"{cls.__name__}.from_catalog: column {c!r} must be a 1-D "
-                                    f"numeric array, found {a.dtype} of shape {a.shape}")
-        return cls.from_arrays({"values": np.stack(cols, axis=1).astype(np.float64)}, batched=True)
+        return cls(values=stack_columns(catalog, cls.columns, where=f"{cls.__name__}.from_catalog"))
 
     def to_catalog(self) -> dict[str, np.ndarray]:
         """Batch -> {column: float32 array (b,)}."""
-        values = self.values.detach().cpu().numpy()
-        return {c: values[:, j] for j, c in enumerate(self.columns)}
+        return self.to_frame()
 
 
 @dataclass(frozen=True, eq=False)
-class GaiaPhotometry(_NamedColumns, Modality):
+class GaiaPhotometry(_CatalogColumns):
     """Gaia mean photometry of a source (Gaia is not imaging): values (b, 3) = G, BP, RP mean
     Vega magnitudes, in the Gaia archive's column names. Sources without BP / RP (NaN in the
     archive) are rejected: filter them first."""
@@ -261,7 +234,6 @@ class GaiaPhotometry(_NamedColumns, Modality):
     name: ClassVar[str] = "gaia_photometry"
     bands: ClassVar[tuple[str, ...]] = ("G", "BP", "RP")
     columns: ClassVar[tuple[str, ...]] = ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")
-    values: Float[Tensor, "b 3"]
 
     @classmethod
     def example(cls, batch_size: int = 2,
@@ -273,7 +245,7 @@ class GaiaPhotometry(_NamedColumns, Modality):
 
 
 @dataclass(frozen=True, eq=False)
-class SourceCatalog(_NamedColumns, Modality):
+class SourceCatalog(_CatalogColumns):
     """Per-object values of a SEP / SExtractor-style detection catalogue, one row per object:
     values (b, 6) = x, y (pixel centroid in its cutout), flux (sum in the image's units),
     a, b (semi-major / semi-minor axes, px), theta (position angle, radians), as in the
@@ -281,7 +253,6 @@ class SourceCatalog(_NamedColumns, Modality):
 
     name: ClassVar[str] = "source_catalog"
     columns: ClassVar[tuple[str, ...]] = ("x", "y", "flux", "a", "b", "theta")
-    values: Float[Tensor, "b 6"]
 
     @classmethod
     def example(cls, batch_size: int = 2,

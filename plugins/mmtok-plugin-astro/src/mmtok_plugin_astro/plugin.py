@@ -1,7 +1,6 @@
 """What mmtok-plugin-astro registers (entry point ``astro`` in group ``mmtok``)."""
 
-from mmtok import CodecSpec, ReaderSpec, hookimpl
-from mmtok.codecs import ScalarCodec
+from mmtok import CodecSpec, ReaderSpec, ScalarCodec, hookimpl
 
 from mmtok_plugin_astro.codecs import SurveyImageCodec
 from mmtok_plugin_astro.modalities import GaiaPhotometry, HSCImage, LegacySurveyImage, SourceCatalog

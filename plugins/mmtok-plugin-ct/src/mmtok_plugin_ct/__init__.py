@@ -5,7 +5,7 @@
 ``ct-volume-fsq`` / ``ct-volume-continuous``, ``anatomy-mask-regions`` /
 ``anatomy-mask-composition``, ``report-words``; the head ``ct-alignment`` and the bundle
 ``ct-encoder``. The CT encoder of the seed (`CTVisionEncoder`, `CTReportAligner`) is usable
-standalone from `mmtok_plugin_ct.encoder`.
+standalone from `mmtok_plugin_ct.model`.
 """
 
 from mmtok_plugin_ct.codecs import AnatomyMaskCodec, CTVolumeCodec

@@ -6,25 +6,19 @@
   ``quantizer: {kind: continuous}``. Decoding gives HU back on the preprocessed grid (values
   outside the window come back clipped to its ends).
 * `AnatomyMaskCodec`: region composition per patch. Each patch's voxels are counted per region
-  group (`mmtok_plugin_ct.regions`, 20 groups): the discrete variant emits the dominant group
-  (vocabulary 20), the continuous one the composition vector (20 fractions summing to 1).
-  No training: the geometry is the codec.
+  group (`mmtok_plugin_ct.regions`, 20 groups): ``output: region`` emits the dominant group
+  (discrete, vocabulary 20), ``output: composition`` the composition vector (continuous, 20
+  fractions summing to 1). An exact codec: no training, the geometry is the codec.
 """
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmtok.codec import Codec, CodecConfig, CodecOutput, inference
-from mmtok.codecs import VolumeCodec
-from mmtok.codecs.patch import PatchCodecConfig
-from mmtok.errors import CodecError, ModalityError
-from mmtok.modality import Modality
-from mmtok.quantize import ContinuousConfig
-from mmtok.tokens import TokenStream
+from mmtok import Codec, CodecConfig, CodecError, ModalityError, PatchCodecConfig, TokenStream, VolumeCodec, eval_mode
 from mmtok_plugin_ct.modalities import AnatomyMask, CTVolume
 from mmtok_plugin_ct.preprocessing import (CTPreprocessConfig, Window, preprocess_mask, preprocess_volume,
                                            unwindow)
@@ -58,18 +52,14 @@ class CTVolumeCodec(VolumeCodec):
 
     config_class = CTVolumeCodecConfig
     family: ClassVar[str] = "ct-volume-patch"
-    accepts_any_grid: ClassVar[bool] = True
+    default_modality = CTVolume
 
     def decoded_shape(self, m: CTVolume) -> tuple[int, ...]:
         return (len(m), 1, *self.config.size)
 
-    def preprocess(self, m: CTVolume) -> Tensor:
-        x = preprocess_volume(m.hu, m.spacing_mm, self.config.preprocessing())
-        return self.norm(x)
-
-    @torch.no_grad()
-    def fit_statistics(self, m: CTVolume) -> None:
-        self.norm.fit(preprocess_volume(m.hu, m.spacing_mm, self.config.preprocessing()))
+    def to_tensor(self, m: CTVolume) -> Tensor:
+        """HU on any grid -> resampled, cropped / padded, windowed (b, 1, *size) in [0, 1]."""
+        return preprocess_volume(m.hu, m.spacing_mm, self.config.preprocessing())
 
     def reconstruction_target(self, m: CTVolume) -> Tensor:
         """The input in HU on the codec's grid, clipped to its window: (b, 1, *size)."""
@@ -84,8 +74,8 @@ class CTVolumeCodec(VolumeCodec):
     def passthrough_fields(self, m: CTVolume) -> dict:
         return {"spacing_mm": self.output_spacing(m)}
 
-    def postprocess(self, x_hat: Tensor, **fields) -> CTVolume:
-        x = self.norm.inverse(x_hat.float()).clamp(0.0, 1.0)
+    def from_tensor(self, x: Tensor, **fields) -> CTVolume:
+        x = x.clamp(0.0, 1.0)
         spacing = fields.pop("spacing_mm", None)
         if spacing is None:
             spacing = self.output_spacing()
@@ -102,9 +92,9 @@ class AnatomyMaskCodecConfig(CodecConfig):
     spacing_mm: list[float] | None = Field(None, min_length=3, max_length=3)
     crop: str = Field("center", pattern="^(center|start)$")
     num_regions: int = Field(NUM_REGIONS, ge=2, le=256)
-    quantizer: ContinuousConfig | None = Field(
-        None, description="null: one discrete token per patch (dominant region); "
-                          "{kind: continuous}: the region composition per patch")
+    output: Literal["region", "composition"] = Field(
+        "region", description="region: one discrete token per patch (its dominant region); "
+                              "composition: one continuous token per patch (the region fractions)")
 
     @model_validator(mode="after")
     def _divisible(self):
@@ -118,33 +108,28 @@ class AnatomyMaskCodecConfig(CodecConfig):
         return CTPreprocessConfig(spacing_mm=self.spacing_mm, size=self.size, crop=self.crop)
 
 
-class _RegionTokens(nn.Module):
-    """The 'quantizer' of the mask codec: region ids or composition vectors, no parameters."""
-
-    depth = 1
-
-    def __init__(self, num_regions: int, discrete: bool):
-        super().__init__()
-        self.dim = num_regions
-        self.is_discrete = discrete
-        self.vocab_size = num_regions if discrete else None
-
-
 class AnatomyMaskCodec(Codec):
     """labels (b, 1, d, h, w) -> per-patch region composition (b, n, R) -> dominant region ids
-    (b, n) (discrete) or the composition itself (continuous)."""
+    (b, n) (``output: region``) or the composition itself (``output: composition``)."""
 
     config_class = AnatomyMaskCodecConfig
     family: ClassVar[str] = "anatomy-composition"
-    trainable: ClassVar[bool] = False
-    accepts_any_grid: ClassVar[bool] = True
+    default_modality = AnatomyMask
 
     def decoded_shape(self, m: AnatomyMask) -> tuple[int, ...]:
         return (len(m), 1, *self.config.size)
 
-    def __init__(self, config, modality: type[Modality] | None = None, name: str | None = None):
-        super().__init__(config, modality, name)
-        self.quantizer = _RegionTokens(self.config.num_regions, self.config.quantizer is None)
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return self.token_grid
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.config.num_regions if self.config.output == "region" else None
+
+    @property
+    def token_dim(self) -> int | None:
+        return None if self.is_discrete else self.config.num_regions
 
     @property
     def token_grid(self) -> tuple[int, ...]:
@@ -174,23 +159,13 @@ class AnatomyMaskCodec(Codec):
     def preprocess(self, m: AnatomyMask) -> Tensor:
         return self.composition(self.regions(m))
 
-    def forward(self, m: AnatomyMask) -> CodecOutput:
+    @eval_mode
+    def encode(self, m: AnatomyMask) -> TokenStream:
         self.check_input(m)
         comp = self.preprocess(m)
-        ids = comp.argmax(-1) if self.is_discrete else None
-        return CodecOutput(comp, comp, ids, comp.new_zeros(()))
+        return self.stream(ids=comp.argmax(-1)) if self.is_discrete else self.stream(values=comp)
 
-    @inference
-    def encode(self, m: AnatomyMask) -> TokenStream:
-        out = self.forward(m)
-        present = torch.ones(out.x.shape[0], dtype=torch.bool)
-        if self.is_discrete:
-            return TokenStream(grid=self.grid, present=present, ids=out.ids, vocab_size=self.vocab_size,
-                               codec=self.name, fingerprint=self.fingerprint())
-        return TokenStream(grid=self.grid, present=present, values=out.x, codec=self.name,
-                           fingerprint=self.fingerprint())
-
-    @inference
+    @eval_mode
     def decode(self, stream: TokenStream, **fields) -> AnatomyMask:
         """Each patch filled with its (dominant) region: a blocky mask on the preprocessed grid."""
         self.check_stream(stream)
@@ -211,6 +186,7 @@ class AnatomyMaskCodec(Codec):
         spacing = None if self.config.spacing_mm is None else torch.tensor([self.config.spacing_mm])
         return {"spacing_mm": m.spacing_mm if spacing is None else spacing}
 
-    def reconstruction_loss(self, out: CodecOutput) -> Tensor:
-        """Fraction of voxels whose region differs from their patch's dominant one."""
-        return 1.0 - out.x.max(-1).values.mean()
+    def reconstruction_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Fraction of voxels whose region differs from their patch's dominant one (of ``x``, the
+        composition of the input; a decoded mask is pure per patch)."""
+        return 1.0 - x.max(-1).values.mean()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mmtok.errors import MmtokError
+from mmtok import MmtokError, PluginManager, get_plugin_manager
 from mmtok_plugin_ct.modalities import AnatomyMask, CTVolume, check_aligned
 from mmtok_plugin_ct.preprocessing import WINDOWS, resample, window_hu
 from mmtok_plugin_ct.regions import group_labels
@@ -40,12 +40,11 @@ def load_case(name: str, volume: CTVolume, mask: AnatomyMask, spacing_mm: list[f
 
 
 def load_case_files(name: str, volume_path: Path, mask_path: Path, spacing_mm: list[float],
-                    reader: str | None = None) -> CTCase:
-    """A case from files through the installed readers (``reader`` forces one, e.g. "dicom")."""
-    from mmtok.plugins import get_plugin_manager
-
-    manager = get_plugin_manager()
-    read = manager.tables["readers"][reader].read if reader else manager.reader_for(volume_path).read
+                    reader: str | None = None, manager: PluginManager | None = None) -> CTCase:
+    """A case from files through the readers of ``manager`` (default: the installed plugins);
+    ``reader`` forces one, e.g. "dicom"."""
+    manager = manager or get_plugin_manager()
+    read = manager.reader(reader).read if reader else manager.reader_for(volume_path).read
     volume = CTVolume.from_record(read(Path(volume_path)), sample_id=name)
     mask = AnatomyMask.from_record(manager.reader_for(mask_path).read(Path(mask_path)), sample_id=name)
     return load_case(name, volume, mask, spacing_mm)

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
-from mmtok.errors import MmtokError
+from mmtok import MmtokError
 
 __all__ = ["CANONICAL", "OrientationError", "check_affine", "to_canonical", "spacing_from_affine",
            "lps_to_ras"]

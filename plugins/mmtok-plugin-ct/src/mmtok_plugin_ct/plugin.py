@@ -29,7 +29,7 @@ def mmtok_codecs():
         CodecSpec("anatomy-mask-regions", "anatomy_mask", AnatomyMaskCodec, dict(GEOMETRY),
                   "dominant region group (of 20) per 4x16x16 patch, same grid as ct-volume-fsq"),
         CodecSpec("anatomy-mask-composition", "anatomy_mask", AnatomyMaskCodec,
-                  {**GEOMETRY, "quantizer": {"kind": "continuous"}},
+                  {**GEOMETRY, "output": "composition"},
                   "fraction of each of the 20 region groups per 4x16x16 patch (continuous)"),
         CodecSpec("report-words", "report_text", ReportTextCodec, {"vocab_size": 512, "num_tokens": 64},
                   "word-level vocabulary fitted on the reports; 64 tokens, lines separated by <sep>"),
@@ -49,7 +49,8 @@ def mmtok_readers():
 
 
 def _ct_alignment_head(**config):
-    from mmtok_plugin_ct.head import CTAlignmentHead
+    # the seed's networks load only when a run builds the head, not whenever plugins are listed
+    from mmtok_plugin_ct.model.head import CTAlignmentHead
 
     return CTAlignmentHead(**config)
 

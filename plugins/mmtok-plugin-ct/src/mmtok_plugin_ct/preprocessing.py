@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from mmtok.errors import ModalityError
+from mmtok import ModalityError
 
 __all__ = ["WINDOWS", "Window", "CTPreprocessConfig", "window_hu", "unwindow", "resample",
            "crop_or_pad", "preprocess_volume", "preprocess_mask"]

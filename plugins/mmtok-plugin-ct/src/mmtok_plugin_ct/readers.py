@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mmtok.errors import MmtokError
+from mmtok import MmtokError
 from mmtok_plugin_ct.orientation import CANONICAL, OrientationError, lps_to_ras, to_canonical
 
 __all__ = ["read_nifti", "read_dicom_series", "read_report", "NIFTI_SUFFIXES", "DicomError"]

@@ -7,6 +7,7 @@ reasoning step) is the ``SEP`` token; ids 0, 1, 2 are ``PAD``, ``UNK``, ``SEP``.
 keeps the ``vocab_size - 3`` most frequent words of the corpus (ties alphabetical). Reports
 longer than ``num_tokens`` are truncated (as CLIP truncates at 77) unless ``truncate: false``,
 which makes them an error. The vocabulary is a buffer, so it travels in ``model.safetensors``.
+An exact codec: the vocabulary is the whole model, nothing is trained by gradient.
 """
 
 import collections
@@ -15,13 +16,9 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmtok.codec import Codec, CodecConfig, CodecOutput, inference
-from mmtok.errors import CodecError, ModalityError
-from mmtok.modality import Modality
-from mmtok.quantize import ContinuousConfig
-from mmtok.tokens import TokenStream
+from mmtok import Codec, CodecConfig, CodecError, Modality, ModalityError, TokenStream, eval_mode
 from mmtok_plugin_ct.modalities import ReportText
 from mmtok_plugin_ct.regions import REGION_GROUPS
 
@@ -48,67 +45,51 @@ class ReportTextCodecConfig(CodecConfig):
     vocab_size: int = Field(512, ge=4)
     num_tokens: int = Field(64, ge=1)
     truncate: bool = True
-    quantizer: ContinuousConfig = Field(default_factory=ContinuousConfig,
-                                        description="unused: the vocabulary is the quantizer")
-
-
-class _Vocabulary(nn.Module):
-    """Word table as a (vocab_size, 32) uint8 buffer (UTF-8, zero padded)."""
-
-    depth = 1
-    is_discrete = True
-
-    def __init__(self, vocab_size: int):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.register_buffer("table", torch.zeros(vocab_size, _MAX_WORD_BYTES, dtype=torch.uint8))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-        self._words: list[str] | None = None
-        self._index: dict[str, int] | None = None
-        self._version = None
-
-    def fit(self, texts: list[str]) -> None:
-        counts = collections.Counter(w for t in texts for w in tokenize(t) if w not in _SPECIAL)
-        words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-                 if len(w.encode()) < _MAX_WORD_BYTES][:self.vocab_size - len(_SPECIAL)]
-        self.table.zero_()
-        for i, w in enumerate([*_SPECIAL, *words]):
-            raw = w.encode()
-            self.table[i, :len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
-        self.fitted.fill_(True)
-
-    def words(self) -> list[str]:
-        version = (self.table.data_ptr(), self.table._version)
-        if self._words is None or self._version != version:
-            rows = self.table.cpu().numpy()
-            self._words = [bytes(r[r > 0]).decode() for r in rows]
-            self._index = {w: i for i, w in enumerate(self._words) if w}
-            self._version = version
-        return self._words
-
-    def index(self) -> dict[str, int]:
-        self.words()
-        return self._index
 
 
 class ReportTextCodec(Codec):
-    """ReportText -> (b, num_tokens) word ids (PAD-filled); decode joins the words back."""
+    """ReportText -> (b, num_tokens) word ids (PAD-filled); decode joins the words back.
+
+    Buffers: the word table (vocab_size, 32) uint8 (UTF-8, zero padded) and ``fitted``.
+    """
 
     config_class = ReportTextCodecConfig
     family: ClassVar[str] = "report-words"
-    trainable: ClassVar[bool] = False
-    accepts_any_grid: ClassVar[bool] = True
+    default_modality = ReportText
+
+    def __init__(self, config, modality: type[Modality] | None = None, name: str | None = None):
+        super().__init__(config, modality, name)
+        self.register_buffer("table", torch.zeros(self.config.vocab_size, _MAX_WORD_BYTES, dtype=torch.uint8))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._words: list[str] | None = None
+        self._index: dict[str, int] | None = None
+        self._table_version = None
 
     def decoded_shape(self, m: ReportText) -> tuple[int, ...]:
         return (len(m), self.config.num_tokens * _MAX_WORD_BYTES)
 
-    def __init__(self, config, modality: type[Modality] | None = None, name: str | None = None):
-        super().__init__(config, modality, name)
-        self.quantizer = _Vocabulary(self.config.vocab_size)
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return (self.config.num_tokens,)
 
     @property
-    def token_grid(self) -> tuple[int, ...]:
-        return (self.config.num_tokens,)
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def words(self) -> list[str]:
+        """The vocabulary, id -> word ("" for unused ids)."""
+        version = (self.table.data_ptr(), self.table._version)
+        if self._words is None or self._table_version != version:
+            rows = self.table.cpu().numpy()
+            self._words = [bytes(r[r > 0]).decode() for r in rows]
+            self._index = {w: i for i, w in enumerate(self._words) if w}
+            self._table_version = version
+        return self._words
+
+    def word_index(self) -> dict[str, int]:
+        """word -> id."""
+        self.words()
+        return self._index
 
     def reconstruction_target(self, m: ReportText) -> Tensor:
         """The report as this codec spells it back (lower case, tokens space-separated) in bytes."""
@@ -116,18 +97,27 @@ class ReportTextCodec(Codec):
         texts = ["\n".join(line.strip() for line in t.split("\n")) for t in texts]
         return ReportText.from_texts(texts, max_bytes=self.config.num_tokens * _MAX_WORD_BYTES).utf8
 
+    @torch.no_grad()
     def fit_statistics(self, m: ReportText) -> None:
-        self.quantizer.fit(m.texts())
+        """Keep the ``vocab_size - 3`` most frequent words of the reports (ties alphabetical)."""
+        counts = collections.Counter(w for t in m.texts() for w in tokenize(t) if w not in _SPECIAL)
+        words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                 if len(w.encode()) < _MAX_WORD_BYTES][:self.config.vocab_size - len(_SPECIAL)]
+        self.table.zero_()
+        for i, w in enumerate([*_SPECIAL, *words]):
+            raw = w.encode()
+            self.table[i, :len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+        self.fitted.fill_(True)
 
     def _require_fitted(self) -> None:
-        if not bool(self.quantizer.fitted):
+        if not bool(self.fitted):
             raise CodecError(f"{self.name}: vocabulary not fitted; run mmtok fit-codec (or "
                              "codec.fit_statistics) on the training reports first")
 
     def ids(self, texts: list[str]) -> Tensor:
         """Strings -> (b, num_tokens) long ids."""
         self._require_fitted()
-        index, n = self.quantizer.index(), self.config.num_tokens
+        index, n = self.word_index(), self.config.num_tokens
         out = torch.full((len(texts), n), PAD, dtype=torch.long)
         for i, text in enumerate(texts):
             words = tokenize(text)
@@ -140,36 +130,33 @@ class ReportTextCodec(Codec):
 
     def texts(self, ids: Tensor) -> list[str]:
         """(b, n) ids -> strings (unknown words come back as "<unk>")."""
-        words = self.quantizer.words()
+        words = self.words()
         out = []
         for row in ids.tolist():
             text = " ".join(words[i] if i != SEP else "\n" for i in row if i != PAD)
             out.append("\n".join(line.strip() for line in text.split("\n")))
         return out
 
-    def forward(self, m: ReportText) -> CodecOutput:
-        self.check_input(m)
-        ids = self.ids(m.texts())
-        x = ids.float()
-        return CodecOutput(x, x, ids, x.new_zeros(()))
+    def preprocess(self, m: ReportText) -> Tensor:
+        """The reports as (b, num_tokens) word ids (long)."""
+        return self.ids(m.texts())
 
-    @inference
+    @eval_mode
     def encode(self, m: ReportText) -> TokenStream:
-        ids = self.forward(m).ids
-        return TokenStream(grid=self.grid, present=torch.ones(len(ids), dtype=torch.bool), ids=ids,
-                           vocab_size=self.vocab_size, codec=self.name, fingerprint=self.fingerprint())
+        self.check_input(m)
+        return self.stream(ids=self.preprocess(m))
 
-    @inference
+    @eval_mode
     def decode(self, stream: TokenStream, **fields) -> ReportText:
         self.check_stream(stream)
         self._require_fitted()
         return ReportText.from_texts(self.texts(stream.ids.long()),
                                      max_bytes=self.config.num_tokens * _MAX_WORD_BYTES)
 
-    def reconstruction_loss(self, out: CodecOutput) -> Tensor:
-        """Fraction of real tokens that are out of vocabulary."""
-        real = out.ids != PAD
-        return ((out.ids == UNK) & real).sum() / real.sum().clamp_min(1)
+    def reconstruction_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Fraction of the real tokens of ``x`` (ids) that are out of vocabulary."""
+        real = x != PAD
+        return ((x == UNK) & real).sum() / real.sum().clamp_min(1)
 
 
 def step_index(ids: Tensor) -> Tensor:

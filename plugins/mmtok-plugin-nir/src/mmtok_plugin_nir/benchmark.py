@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmtok.codec import atomic_write
+from mmtok import atomic_write
 from mmtok_plugin_nir.baselines import METHODS, TransferInputError, make_method
-from mmtok_plugin_nir.data import PairedSpectra, load_dataset
+from mmtok_plugin_nir.datasets import PairedSpectra, load_dataset
 from mmtok_plugin_nir.protocol import TransferSetting, calibration_split, run_transfer
 
 __all__ = ["N_VALUES", "CLASSICAL", "default_pairs", "method_factory", "min_pairs", "run_benchmark", "write_report",
@@ -37,10 +37,11 @@ def default_pairs(data: PairedSpectra) -> list[tuple[str, str]]:
 def method_factory(name: str, data: PairedSpectra, checkpoint: Path | None = None, **options) -> Callable[[], object]:
     """A zero-argument constructor of a fresh method (one per repeat)."""
     if name == "spectralfm":
+        # the SpectralFM model loads only for benchmarks that run it (classical ones need numpy only)
         from mmtok_plugin_nir.transfer import SpectralFMTransfer
 
         if checkpoint is None:
-            raise ValueError("method 'spectralfm' needs a pretrained checkpoint (mmtok-nir pretrain --out DIR)")
+            raise ValueError("method 'spectralfm' needs a pretrained checkpoint (mmtok nir pretrain --out DIR)")
         known = set(inspect.signature(SpectralFMTransfer).parameters) - {"checkpoint", "wavelength_nm"}
         if set(options) - known:
             raise ValueError(f"spectralfm options: expected some of {sorted(known)}, found "

@@ -1,9 +1,12 @@
-"""``mmtok-nir``: pretrain SpectralFM, run one calibration transfer, or the whole benchmark.
+"""``mmtok nir``: pretrain SpectralFM, run one calibration transfer, or the whole benchmark.
 
-    mmtok-nir pretrain --out runs/nir/spectralfm
-    mmtok-nir transfer --dataset corn --source m5 --target mp6 --property moisture --n-transfer 10 \
+    mmtok nir pretrain --out runs/nir/spectralfm
+    mmtok nir transfer --dataset corn --source m5 --target mp6 --property moisture --n-transfer 10 \
         --checkpoint runs/nir/spectralfm
-    mmtok-nir benchmark --out runs/nir/benchmark --checkpoint runs/nir/spectralfm
+    mmtok nir benchmark --out runs/nir/benchmark --checkpoint runs/nir/spectralfm
+
+Registered through the ``mmtok_commands`` hook (`COMMAND`); ``mmtok-nir`` is a deprecated alias
+(`main`) kept for one release.
 """
 
 import argparse
@@ -11,15 +14,16 @@ import json
 import sys
 from pathlib import Path
 
-from mmtok import MmtokError
+from mmtok import CommandSpec, MmtokError
 
-__all__ = ["main"]
+__all__ = ["COMMAND", "configure", "main"]
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+# the subcommands import their modules when they run: `mmtok --help` must stay fast
 def _pretrain(args) -> None:
     from mmtok_plugin_nir.model.spectralfm import SpectralFMConfig
     from mmtok_plugin_nir.pretrain import PretrainConfig, pretrain
@@ -53,7 +57,7 @@ def _methods(args) -> list[str]:
 
 def _transfer(args) -> None:
     from mmtok_plugin_nir.benchmark import method_factory, min_pairs
-    from mmtok_plugin_nir.data import load_dataset
+    from mmtok_plugin_nir.datasets import load_dataset
     from mmtok_plugin_nir.protocol import TransferSetting, run_transfer
 
     data = load_dataset(args.dataset)
@@ -85,9 +89,9 @@ def _benchmark(args) -> None:
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'rmsep_vs_n.png'}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmtok-nir", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The ``nir`` command's arguments: the subcommands pretrain | transfer | benchmark."""
+    sub = parser.add_subparsers(dest="nir_command", required=True, metavar="{pretrain,transfer,benchmark}")
 
     p = sub.add_parser("pretrain", help="self-supervised SpectralFM pretraining on Corn + Tablet (resumable)")
     p.add_argument("--out", required=True)
@@ -124,14 +128,29 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--properties", help="comma-separated (default: all)")
             p.add_argument("--quiet", action="store_true")
         p.set_defaults(fn=fn)
+    parser.set_defaults(func=run, nir_prog=parser.prog)
 
-    args = parser.parse_args(argv)
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; bad input is one line on stderr and exit status 2."""
     try:
         args.fn(args)
     except (MmtokError, ValueError) as err:
-        print(f"mmtok-nir {args.command}: error: {err}", file=sys.stderr)
+        print(f"{args.nir_prog} {args.nir_command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+COMMAND = CommandSpec("nir", help="NIR calibration transfer: pretrain SpectralFM, transfer, benchmark",
+                      configure=configure, description=__doc__.splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmtok-nir``: deprecated alias of ``mmtok nir`` (same parser), kept for one release."""
+    parser = argparse.ArgumentParser(prog="mmtok-nir", description=COMMAND.description)
+    configure(parser)
+    print("mmtok-nir is deprecated, use `mmtok nir` (same arguments)", file=sys.stderr)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

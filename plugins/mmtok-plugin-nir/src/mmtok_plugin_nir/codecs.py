@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmtok.codecs import SpectrumCodec
+from mmtok import SpectrumCodec
 from mmtok_plugin_nir.modalities import NIRSpectrum
-from mmtok_plugin_nir.preprocess import resample, snv
+from mmtok_plugin_nir.preprocessing import resample, snv
 
 __all__ = ["NIRSpectrumCodec", "prepared_spectra", "resampled_axis"]
 
@@ -43,27 +43,21 @@ class NIRSpectrumCodec(SpectrumCodec):
     resampled, SNV-normalised (b, 1, size) spectrum."""
 
     family: ClassVar[str] = "nir-spectrum-patch"
-    accepts_any_grid: ClassVar[bool] = True
+    default_modality = NIRSpectrum
 
-    def _prepared(self, m: NIRSpectrum) -> Tensor:
+    def to_tensor(self, m: NIRSpectrum) -> Tensor:
+        """values on any axis -> resampled, SNV-normalised (b, 1, size)."""
         return prepared_spectra(m, self.config.size[0]).unsqueeze(1)
-
-    def preprocess(self, m: NIRSpectrum) -> Tensor:
-        return self.norm(self._prepared(m))
-
-    @torch.no_grad()
-    def fit_statistics(self, m: NIRSpectrum) -> None:
-        self.norm.fit(self._prepared(m))
 
     def decoded_shape(self, m: NIRSpectrum) -> tuple[int, ...]:
         return (len(m), self.config.size[0])
 
     def reconstruction_target(self, m: NIRSpectrum) -> Tensor:
-        return self._prepared(m)[:, 0]
+        return self.to_tensor(m)[:, 0]
 
     def passthrough_fields(self, m: NIRSpectrum) -> dict:
         return {"wavelength_nm": resampled_axis(m.wavelength_nm, self.config.size[0]),
                 "instrument": m.instrument, "domain": m.domain}
 
-    def postprocess(self, x_hat: Tensor, **fields) -> NIRSpectrum:
-        return NIRSpectrum(values=self.norm.inverse(x_hat.float())[:, 0], **fields)
+    def from_tensor(self, x: Tensor, **fields) -> NIRSpectrum:
+        return NIRSpectrum(values=x[:, 0], **fields)

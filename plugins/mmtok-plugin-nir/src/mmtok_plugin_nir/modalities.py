@@ -3,7 +3,7 @@ spectroscopy domain) and `PropertyTargets` (the lab reference values of the same
 
 One batch of `NIRSpectrum` shares one channel count ``l``; each sample carries its own wavelength
 axis (strictly increasing, nm), so spectra of different instruments can sit in one batch once
-resampled to a common length (`mmtok_plugin_nir.preprocess.resample`).
+resampled to a common length (`mmtok_plugin_nir.preprocessing.resample`).
 """
 
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mmtok import Modality, ModalityError
+from mmtok import Columns, Modality, ModalityError
 
 __all__ = ["NIRSpectrum", "PropertyTargets", "DOMAINS", "check_wavelengths"]
 
@@ -72,19 +72,14 @@ class NIRSpectrum(Modality):
 
 
 @dataclass(frozen=True, eq=False)
-class PropertyTargets(Modality):
+class PropertyTargets(Columns):
     """Lab reference values of the spectra's samples. values: (b, p), in the units of
-    `names` (e.g. corn: Moisture, Oil, Protein, Starch in %)."""
+    `names` (e.g. corn: Moisture, Oil, Protein, Starch in %). The properties differ between
+    data sets (corn has 4, tablet 3), so the names are per batch, not fixed by the class."""
 
     name: ClassVar[str] = "nir_properties"
-    values: Float[Tensor, "b p"]
+    names_field: ClassVar[str | None] = "names"
     names: tuple[str, ...] = ()
-
-    def check(self) -> None:
-        super().check()
-        if self.names and len(self.names) != self.values.shape[1]:
-            raise ModalityError(f"PropertyTargets.values: expected {len(self.names)} columns, one per "
-                                f"name in PropertyTargets.names {list(self.names)}, found {self.values.shape[1]}")
 
     @classmethod
     def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "PropertyTargets":

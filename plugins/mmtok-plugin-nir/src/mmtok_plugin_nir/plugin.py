@@ -1,8 +1,8 @@
 """What mmtok-plugin-nir registers (entry point ``nir`` in group ``mmtok``)."""
 
-from mmtok import BundleSpec, CodecSpec, hookimpl
-from mmtok.codecs import ScalarCodec
+from mmtok import BundleSpec, CodecSpec, ScalarCodec, hookimpl
 
+from mmtok_plugin_nir.cli import COMMAND
 from mmtok_plugin_nir.codecs import NIRSpectrumCodec
 from mmtok_plugin_nir.modalities import NIRSpectrum, PropertyTargets
 
@@ -35,3 +35,8 @@ def mmtok_codecs():
 def mmtok_bundles():
     return [BundleSpec("nir-calibration", ("tok_nir_spectrum", "tok_nir_properties"), (),
                        "NIR spectra and their lab reference values; SpectralFM is the plugin's own model")]
+
+
+@hookimpl
+def mmtok_commands():
+    return [COMMAND]

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmtok.train import read_checkpoint, write_checkpoint
-from mmtok_plugin_nir.data import load_dataset
+from mmtok import read_checkpoint, write_checkpoint
+from mmtok_plugin_nir.datasets import load_dataset
 from mmtok_plugin_nir.model.spectralfm import SpectralFM, SpectralFMConfig
 from mmtok_plugin_nir.model.ttt import block_mask
-from mmtok_plugin_nir.preprocess import add_noise, augment, prepare
+from mmtok_plugin_nir.preprocessing import add_noise, augment, prepare
 from mmtok_plugin_nir.protocol import calibration_split
 
 __all__ = ["PretrainConfig", "CorpusPart", "pretraining_corpus", "pretrain"]

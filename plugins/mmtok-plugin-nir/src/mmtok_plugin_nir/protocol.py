@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmtok_plugin_nir.baselines import TransferInputError, TransferTask
-from mmtok_plugin_nir.data import PairedSpectra
+from mmtok_plugin_nir.datasets import PairedSpectra
 from mmtok_plugin_nir.metrics import regression_metrics
 
 __all__ = ["TransferSetting", "TransferResult", "calibration_split", "draw_transfer_samples", "make_task",

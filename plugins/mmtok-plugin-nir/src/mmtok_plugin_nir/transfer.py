@@ -30,7 +30,7 @@ from mmtok import MmtokError
 from mmtok_plugin_nir.baselines import TransferTask
 from mmtok_plugin_nir.model.spectralfm import SpectralFM
 from mmtok_plugin_nir.model.ttt import test_time_train
-from mmtok_plugin_nir.preprocess import prepare
+from mmtok_plugin_nir.preprocessing import prepare
 
 __all__ = ["SpectralFMTransfer", "load_pretrained"]
 
@@ -49,7 +49,7 @@ def load_pretrained(checkpoint: str | Path) -> SpectralFM:
     if key not in _PRETRAINED:
         if not path.exists():
             raise MmtokError(f"checkpoint: expected SpectralFM weights at {path}, found no such file "
-                             "(run `mmtok-nir pretrain --out DIR`)")
+                             "(run `mmtok nir pretrain --out DIR`)")
         _PRETRAINED[key] = SpectralFM.load(path)
     return _PRETRAINED[key]
 

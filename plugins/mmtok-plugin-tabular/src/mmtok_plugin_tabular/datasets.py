@@ -10,8 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mmtok import ModalityError
-from mmtok.readers import read_csv
+from mmtok import ModalityError, read_csv
 
 from mmtok_plugin_tabular.modalities import LabResults, PatientDemographics, VitalSigns
 

@@ -3,9 +3,10 @@
 Do not add ``from __future__ import annotations`` here: it would turn the jaxtyping shape
 annotations into strings and mmtok refuses such modalities.
 
-Every tensor field is batched on axis 0 (``b``). Tables are ``values: (b, c)`` with one column
-per named variable; ``from_frame`` builds a batch from named columns (a dict of 1-D arrays, or a
-pandas DataFrame) and ``to_frame`` goes back.
+Every tensor field is batched on axis 0 (``b``). Tables are `mmtok.modalities.Columns`:
+``values: (b, c)`` with one column per named variable; ``from_frame`` builds a batch from named
+columns (a dict of 1-D arrays, or a pandas DataFrame), ``to_frame`` goes back and ``from_record``
+maps one manifest table row.
 """
 
 import math
@@ -13,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mmtok import Modality, ModalityError
+from mmtok import Columns, Modality
+from mmtok import stack_columns as _stack_columns
 
 __all__ = ["PatientDemographics", "VitalSigns", "LabResults", "Table", "TimeSeries",
            "stack_columns"]
@@ -27,50 +28,18 @@ __all__ = ["PatientDemographics", "VitalSigns", "LabResults", "Table", "TimeSeri
 def stack_columns(owner: str, rows: Mapping[str, Any], columns: Sequence[str]) -> Tensor:
     """Named 1-D columns of equal length n -> float32 tensor (n, len(columns)).
 
-    Raises `ModalityError` naming ``owner`` and every missing, non-numeric or ragged column.
+    Raises `ModalityError` naming ``owner`` (as ``owner.from_frame``) and every missing,
+    non-numeric or ragged column: `mmtok.stack_columns` with ``where=f"{owner}.from_frame"``.
     """
-    available = list(rows.keys())
-    missing = [c for c in columns if c not in available]
-    if missing:
-        raise ModalityError(f"{owner}.from_frame: missing column(s) {missing}; needs "
-                            f"{list(columns)}, found {available}")
-    arrays = []
-    for c in columns:
-        a = np.asarray(rows[c])
-        if a.ndim != 1:
-            raise ModalityError(f"{owner}.from_frame: column {c!r} must be 1-D, found shape {a.shape}")
-        if a.dtype.kind not in "biuf":
-            raise ModalityError(f"{owner}.from_frame: column {c!r} must be numeric, found dtype {a.dtype}")
-        arrays.append(a.astype(np.float32))
-    lengths = {c: len(a) for c, a in zip(columns, arrays)}
-    if len(set(lengths.values())) > 1:
-        raise ModalityError(f"{owner}.from_frame: columns have different lengths {lengths}")
-    return torch.from_numpy(np.stack(arrays, axis=1)) if arrays else torch.zeros(0, 0)
+    return _stack_columns(rows, columns, where=f"{owner}.from_frame")
 
 
 def _uniform(generator: torch.Generator | None, n: int, lo: float, hi: float) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=generator)
 
 
-class _NamedColumns:
-    """Mixin for tables with a fixed ``columns`` ClassVar: ``from_frame`` / ``to_frame``."""
-
-    columns: ClassVar[tuple[str, ...]]
-
-    @classmethod
-    def from_frame(cls, rows: Mapping[str, Any]):
-        """Named columns (dict of 1-D arrays or a DataFrame, n rows) -> batch of n.
-        Extra columns are ignored; missing ones raise `ModalityError` naming them."""
-        return cls(values=stack_columns(cls.__name__, rows, cls.columns))
-
-    def to_frame(self) -> dict[str, np.ndarray]:
-        """Batch -> {column: float32 array (b,)}."""
-        values = self.values.detach().cpu().numpy()
-        return {c: values[:, j] for j, c in enumerate(self.columns)}
-
-
 @dataclass(frozen=True, eq=False)
-class PatientDemographics(_NamedColumns, Modality):
+class PatientDemographics(Columns):
     """Baseline demographics of the diabetes study. values: (b, 3) = age, sex, bmi.
 
     age in years; sex coded 1 / 2 (which is which is not documented); bmi: body mass index
@@ -79,7 +48,6 @@ class PatientDemographics(_NamedColumns, Modality):
 
     name: ClassVar[str] = "patient_demographics"
     columns: ClassVar[tuple[str, ...]] = ("age", "sex", "bmi")
-    values: Float[Tensor, "b 3"]
 
     @classmethod
     def example(cls, batch_size: int = 2,
@@ -92,13 +60,12 @@ class PatientDemographics(_NamedColumns, Modality):
 
 
 @dataclass(frozen=True, eq=False)
-class VitalSigns(_NamedColumns, Modality):
+class VitalSigns(Columns):
     """Vital signs. The diabetes study has one: bp, the average blood pressure (units not
     documented; mm Hg range, 62-133). values: (b, 1)."""
 
     name: ClassVar[str] = "vital_signs"
     columns: ClassVar[tuple[str, ...]] = ("bp",)
-    values: Float[Tensor, "b 1"]
 
     @classmethod
     def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "VitalSigns":
@@ -107,7 +74,7 @@ class VitalSigns(_NamedColumns, Modality):
 
 
 @dataclass(frozen=True, eq=False)
-class LabResults(_NamedColumns, Modality):
+class LabResults(Columns):
     """The six blood serum measurements of the diabetes study. values: (b, 6) = s1..s6:
 
     - s1 tc: total serum cholesterol
@@ -124,7 +91,6 @@ class LabResults(_NamedColumns, Modality):
     columns: ClassVar[tuple[str, ...]] = ("s1", "s2", "s3", "s4", "s5", "s6")
     #: the documented meaning of each column, in order
     meanings: ClassVar[tuple[str, ...]] = ("tc", "ldl", "hdl", "tch", "ltg", "glu")
-    values: Float[Tensor, "b 6"]
 
     @classmethod
     def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "LabResults":
@@ -136,35 +102,14 @@ class LabResults(_NamedColumns, Modality):
 
 
 @dataclass(frozen=True, eq=False)
-class Table(Modality):
+class Table(Columns):
     """A generic numeric table (e.g. a CSV file). values: (b, c); ``columns`` optionally names
-    the c columns (not batched: the same for every row)."""
+    the c columns (not batched: the same for every row). ``from_frame(rows, columns=None)``
+    takes every numeric column by default; ``to_frame`` calls unnamed columns c0, c1, ..."""
 
     name: ClassVar[str] = "table"
-    values: Float[Tensor, "b c"]
+    names_field: ClassVar[str | None] = "columns"
     columns: tuple[str, ...] = ()
-
-    def check(self) -> None:
-        super().check()
-        if self.columns and len(self.columns) != self.values.shape[1]:
-            raise ModalityError(f"Table.values has {self.values.shape[1]} columns but Table.columns "
-                                f"names {len(self.columns)}: {list(self.columns)}")
-
-    @classmethod
-    def from_frame(cls, rows: Mapping[str, Any], columns: Sequence[str] | None = None) -> "Table":
-        """Named columns (dict of 1-D arrays, e.g. from mmtok's csv reader, or a DataFrame).
-        ``columns`` selects and orders them; by default every numeric column, in order."""
-        if columns is None:
-            columns = [c for c in rows if np.asarray(rows[c]).dtype.kind in "biuf"]
-            if not columns:
-                raise ModalityError(f"Table.from_frame: no numeric column among {list(rows.keys())}")
-        return cls(values=stack_columns("Table", rows, columns), columns=tuple(columns))
-
-    def to_frame(self) -> dict[str, np.ndarray]:
-        """Batch -> {column: float32 array (b,)}; unnamed columns are called c0, c1, ..."""
-        names = self.columns or tuple(f"c{j}" for j in range(self.values.shape[1]))
-        values = self.values.detach().cpu().numpy()
-        return {c: values[:, j] for j, c in enumerate(names)}
 
     @classmethod
     def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "Table":

@@ -2,15 +2,14 @@
 
 from pathlib import Path
 
-from mmtok import CodecSpec, PretrainedSpec, hookimpl
-from mmtok.codecs import ScalarCodec, TableCodec, TimeSeriesCodec
+from mmtok import CodecSpec, PretrainedSpec, ScalarCodec, TableCodec, TimeSeriesCodec, hookimpl
 
 from mmtok_plugin_tabular.modalities import (LabResults, PatientDemographics, Table, TimeSeries,
                                              VitalSigns)
 
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
 
-#: pretrained name -> (directory under pretrained/, description)
+#: pretrained name -> (directory under data/pretrained/, description)
 PRETRAINED = {
     "tabular/diabetes-demographics-fsq": (
         "diabetes-demographics-fsq", "demographics-fsq fitted on the diabetes study (342 patients)"),

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float, Int
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from mmtok import atomic_write
 
 from .embedding import WaveletEmbedding
 from .heads import FNOTransferHead, VIBHead
@@ -232,9 +235,6 @@ class SpectralFM(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write the weights to ``path`` (safetensors) and {"config", "lora"} to ``path`` with a
         .json suffix, each atomically (temporary file + os.replace). No pickle."""
-        from mmtok.codec import atomic_write
-        from safetensors.torch import save_file
-
         path = Path(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "spectralfm"}))

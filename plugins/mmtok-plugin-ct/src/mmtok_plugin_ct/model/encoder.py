@@ -4,7 +4,7 @@
     ReportTextEncoder: token ids (b, T) + step index (b, T) -> TextOutput
     CTReportAligner: both + projection heads + MultiLevelAlignmentLoss -> AlignmentOutput
 
-Standalone (plain PyTorch): the shared-transformer head of the plugin is `mmtok_plugin_ct.head`.
+Standalone (plain PyTorch): the shared-transformer head of the plugin is `mmtok_plugin_ct.model.head`.
 """
 
 import dataclasses
@@ -15,15 +15,15 @@ from jaxtyping import Bool, Float, Int
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from mmtok.model.layers import EncoderBlock, grid_sincos
-from mmtok_plugin_ct.layers import (
+from mmtok.nn import EncoderBlock, grid_sincos
+from mmtok_plugin_ct.model.layers import (
     AnatomicalStructureEncoder,
     MultiScaleAggregation,
     ThreeDPatchEmbedding,
     ThreeDTransformerBlock,
     patch_grid,
 )
-from mmtok_plugin_ct.losses import AlignmentOutput, MultiLevelAlignmentLoss
+from mmtok_plugin_ct.model.losses import AlignmentOutput, MultiLevelAlignmentLoss
 
 __all__ = ["AlignmentOutput", "CTEncoderConfig", "CTReportAligner", "CTVisionEncoder", "CTVisionOutput",
            "ProjectionHead", "ReportTextEncoder", "TextOutput"]

@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from mmtok.errors import MmtokError
-from mmtok.model.masking import StreamLayout
-from mmtok_plugin_ct.layers import AttentionPool
-from mmtok_plugin_ct.losses import CrossModalContrastiveLoss, zero_like_graph
+from mmtok import MmtokError, StreamLayout
+from mmtok_plugin_ct.model.layers import AttentionPool
+from mmtok_plugin_ct.model.losses import CrossModalContrastiveLoss, zero_like_graph
 
 __all__ = ["CTAlignmentHead"]
 
@@ -66,10 +65,10 @@ class CTAlignmentHead(nn.Module):
         txt = F.normalize(self.text_proj(self.text_pool(features.tokens, is_txt)), dim=-1)
         return img, txt, is_img.any(1) & is_txt.any(1)
 
-    def _groups(self, batch: dict, rows: Tensor) -> Tensor | None:
+    def _groups(self, batch, rows: Tensor) -> Tensor | None:
         if not self.group_duplicates:
             return None
-        parts = [batch[f"{k}/ids"] for k in self.text_streams if f"{k}/ids" in batch]
+        parts = [batch[k].ids for k in self.text_streams if k in batch and batch[k].is_discrete]
         if not parts:
             return None
         ids = torch.cat([p.reshape(p.shape[0], -1).long() for p in parts], 1).to(rows.device)[rows]
@@ -77,18 +76,11 @@ class CTAlignmentHead(nn.Module):
 
     uses_model = True
 
-    def side_views(self, batch: dict) -> tuple[dict, dict]:
-        """(image-only, text-only) copies of a token batch: the other side marked absent."""
-        views = []
-        for keep in (self.image_streams, self.text_streams):
-            view = dict(batch)
-            for k in (*self.image_streams, *self.text_streams):
-                if f"{k}/present" in view and k not in keep:
-                    view[f"{k}/present"] = torch.zeros_like(view[f"{k}/present"])
-            views.append(view)
-        return views[0], views[1]
+    def side_views(self, batch):
+        """(image-only, text-only) views of a `TokenBatch`: the other side marked absent."""
+        return batch.without(self.text_streams), batch.without(self.image_streams)
 
-    def embed_batch(self, model, batch: dict) -> tuple[Float[Tensor, "b e"], Float[Tensor, "b e"], Bool[Tensor, " b"]]:
+    def embed_batch(self, model, batch) -> tuple[Float[Tensor, "b e"], Float[Tensor, "b e"], Bool[Tensor, " b"]]:
         """Unit-norm image and text embeddings from one encoder pass per side."""
         image_view, text_view = self.side_views(batch)
         img = self.embed(model.encode_present(image_view))[0]
@@ -96,11 +88,11 @@ class CTAlignmentHead(nn.Module):
         return img, txt, self._has(batch, self.image_streams) & self._has(batch, self.text_streams)
 
     @staticmethod
-    def _has(batch: dict, keys) -> Tensor:
-        flags = [batch[f"{k}/present"].bool() for k in keys if f"{k}/present" in batch]
+    def _has(batch, keys) -> Tensor:
+        flags = [batch[k].present for k in keys if k in batch]
         return torch.stack(flags).any(0)
 
-    def loss(self, features, batch: dict, model=None) -> Tensor:
+    def loss(self, features, batch, model=None) -> Tensor:
         img, txt, both = self.embed_batch(model, batch) if model is not None else self.embed(features)
         if int(both.sum()) < 2:
             self._last = {"pairs": both.sum().detach().float()}

@@ -12,7 +12,7 @@ import torch
 from scipy.interpolate import interp1d
 from torch import Tensor
 
-from mmtok_plugin_nir.data import NIRDataError, check_axis, check_finite_rows
+from mmtok_plugin_nir.datasets import NIRDataError, check_axis, check_finite_rows
 
 __all__ = ["N_POINTS", "resample", "snv", "prepare", "add_noise", "baseline_drift", "wavelength_shift",
            "intensity_scale", "augment"]

@@ -1,288 +1,66 @@
-"""``mmtok train``: the shared masked transformer on a token folder, one process or many.
+"""`Trainer`: the shared masked transformer on a token folder, one process or many.
 
-The same command runs on a laptop CPU, one GPU, or many GPUs / nodes under ``torchrun`` (DDP;
+The same code runs on a laptop CPU, one GPU, or many GPUs / nodes under ``torchrun`` (DDP;
 ``fsdp: true`` shards parameters with FSDP2 instead). Everything random is a pure function of
 ``(seed, step)``: the sample order, the masks (drawn for the whole global batch, each rank keeps
-its rows) and dropout. With that, the weights and the AdamW state in a checkpoint are all a resumed run
-needs to continue exactly where an uninterrupted one would be.
+its rows) and dropout. With that, the weights and the AdamW state in a checkpoint are all a resumed
+run needs to continue exactly where an uninterrupted one would be.
 
     RUN/
       config.yaml          the resolved training config
-      model.json           stream specs + model config (what `load_run` needs)
+      model.json           stream specs + model config (what `mmtok.inference.load_run` needs)
       metrics.jsonl        one JSON object per logged / evaluated step
       checkpoints/step-000100/{model.safetensors, optimizer.safetensors, state.json}
       checkpoints/latest.json
 """
 
 import contextlib
-import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmtok.codec import atomic_write
+from mmtok.distributed import init_distributed, pick_device
 from mmtok.errors import MmtokError
-from mmtok.model import MaskingConfig, MaskSampler, ModelConfig, MultimodalMaskedTransformer, StreamSpec
-from mmtok.model.data import TokenDataset, held_out
-from mmtok.plugins import get_plugin_manager
+from mmtok.io import atomic_write, read_checkpoint, write_checkpoint
+from mmtok.model import MaskSampler, MultimodalMaskedTransformer
+from mmtok.plugins import PluginManager, get_plugin_manager
+from mmtok.shards import TokenShards, held_out
+from mmtok.tokens import TokenBatch
+from mmtok.train.config import TrainConfig
+from mmtok.train.evaluation import UnigramBaseline
+from mmtok.train.heads import TrainModule, apply_bundle, build_heads, head_metrics
 
-__all__ = ["HeadConfig", "OptimConfig", "TrainConfig", "Trainer", "load_run", "train"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OptimConfig(_Strict):
-    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
-
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = Field(default=50, ge=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    clip_grad: float | None = Field(default=1.0, gt=0)
-
-
-class HeadConfig(_Strict):
-    """A head from a plugin (`mmtok.hookspecs.HeadSpec`), trained jointly: total loss =
-    masked-modelling loss + weight * head loss."""
-
-    head: str
-    weight: float = Field(default=1.0, ge=0)
-    config: dict[str, Any] = Field(default_factory=dict)
-
-
-class TrainConfig(_Strict):
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    masking: MaskingConfig = Field(default_factory=MaskingConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    #: streams to train on (default: every stream of the token folder)
-    streams: list[str] | None = None
-    #: a bundle name from a plugin: its streams and heads
-    bundle: str | None = None
-    heads: dict[str, HeadConfig] = Field(default_factory=dict)
-    batch_size: int = Field(default=64, ge=1, description="global batch (all ranks together)")
-    max_steps: int = Field(default=1000, ge=1)
-    seed: int = 0
-    val_fraction: float = Field(default=0.1, ge=0, lt=1)
-    eval_every: int = Field(default=100, ge=1)
-    eval_batches: int = Field(default=20, ge=1)
-    log_every: int = Field(default=10, ge=1)
-    checkpoint_every: int = Field(default=100, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1)
-    precision: str = Field(default="auto", pattern="^(auto|fp32|bf16)$")
-    compile: bool = False
-    fsdp: bool = False
-    device: str | None = None
-
-    @classmethod
-    def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":
-        data = {}
-        if path is not None:
-            try:
-                data = yaml.safe_load(Path(path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise MmtokError(f"{path}: cannot read the training config ({err})") from None
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            lines = [f"{path or 'config'}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
-            raise MmtokError("\n".join(lines)) from None
-
-
-# ---------------------------------------------------------------------------- distributed
-@dataclasses.dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    group: Any = None
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            torch.distributed.all_reduce(t)
-        return t
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
-def _init_dist(device: torch.device) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def _pick_device(config: TrainConfig) -> torch.device:
-    if config.device:
-        return torch.device(config.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """AdamW state as flat tensors (safetensors) + the JSON-able rest (no pickle)."""
-    sd = opt.state_dict()
-    tensors = {}
-    for pid, state in sd["state"].items():
-        for name, value in state.items():
-            tensors[f"state.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def write_checkpoint(final: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                     state: dict) -> None:
-    """Write ``model.safetensors``, ``optimizer.safetensors`` (the optimiser state as flat tensors,
-    no pickle) and ``state.json`` (``state`` + the optimiser's param groups) into a temporary
-    folder, fsync them, then rename it to ``final``: an interrupted write never leaves a half
-    checkpoint."""
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    tmp = final.parent / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
-def read_checkpoint(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device | str = "cpu") -> dict:
-    """Load a `write_checkpoint` folder into ``module`` and ``optimizer``; returns its state."""
-    module.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-    state = json.loads((folder / "state.json").read_text())
-    _load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors"), device=str(device)),
-                    state["optimizer"])
-    return state
+__all__ = ["Trainer", "train"]
 
 
 def _seed(config_seed: int, step: int, salt: int = 0) -> int:
     return (config_seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**62)
 
 
-class TrainModule(nn.Module):
-    """The transformer plus plugin heads: what DDP wraps and what a checkpoint stores."""
-
-    def __init__(self, model: MultimodalMaskedTransformer, heads: dict[str, nn.Module]):
-        super().__init__()
-        self.model = model
-        self.heads = nn.ModuleDict(heads)
-
-    def forward(self, batch, masks, normalizer, head_weights: dict[str, float]):
-        out = self.model(batch, masks, normalizer)
-        loss, head_losses = out.loss, {}
-        for name, head in self.heads.items():
-            # heads that encode views of the batch themselves (contrastive heads: one encoder pass
-            # per side, so the sides cannot see each other) declare ``uses_model = True``
-            h = (head.loss(out.features, batch, model=self.model) if getattr(head, "uses_model", False)
-                 else head.loss(out.features, batch))
-            head_losses[name] = h.detach()
-            loss = loss + head_weights[name] * h
-        return loss, out, head_losses
-
-
-def build_heads(config: TrainConfig, model: MultimodalMaskedTransformer) -> dict[str, nn.Module]:
-    manager = get_plugin_manager()
-    heads = {}
-    for name, hc in config.heads.items():
-        spec = manager.tables["heads"].get(hc.head)
-        if spec is None:
-            raise MmtokError(f"heads.{name}: no head {hc.head!r} is installed; heads are "
-                             f"{sorted(manager.tables['heads'])}")
-        try:
-            heads[name] = spec.factory(d_model=model.config.d_model, streams=model.streams, **hc.config)
-        except TypeError as err:
-            raise MmtokError(f"heads.{name}: cannot build {hc.head!r} with config {hc.config}: {err}") from None
-        if not callable(getattr(heads[name], "loss", None)):
-            raise MmtokError(f"heads.{name}: {hc.head!r} has no loss(features, batch) method")
-    return heads
-
-
-def _apply_bundle(config: TrainConfig) -> TrainConfig:
-    if config.bundle is None:
-        return config
-    bundle = get_plugin_manager().tables["bundles"].get(config.bundle)
-    if bundle is None:
-        raise MmtokError(f"no bundle {config.bundle!r} is installed; bundles are "
-                         f"{sorted(get_plugin_manager().tables['bundles'])}")
-    heads = dict(config.heads)
-    for h in bundle.heads:
-        heads.setdefault(h, HeadConfig(head=h))
-    return config.model_copy(update={"streams": config.streams or list(bundle.streams), "heads": heads})
-
-
-def load_run(run: str | Path, checkpoint: str | None = None,
-             map_location: str | torch.device = "cpu") -> MultimodalMaskedTransformer:
-    """The trained transformer of a run folder (latest checkpoint unless ``checkpoint`` names one)."""
-    run = Path(run)
-    meta_path = run / "model.json"
-    if not meta_path.is_file():
-        raise MmtokError(f"{run}: no model.json; not an `mmtok train` run folder")
-    meta = json.loads(meta_path.read_text())
-    streams = {k: StreamSpec.model_validate(v) for k, v in meta["streams"].items()}
-    model = MultimodalMaskedTransformer(streams, ModelConfig.model_validate(meta["model"]))
-    ckdir = run / "checkpoints"
-    name = checkpoint or (json.loads((ckdir / "latest.json").read_text())["checkpoint"]
-                          if (ckdir / "latest.json").is_file() else None)
-    if name is None:
-        raise MmtokError(f"{run}: no checkpoint yet")
-    weights = load_file(str(ckdir / name / "model.safetensors"), device=str(map_location))
-    own = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
-    model.load_state_dict(own)
-    return model.eval()
-
 
 # ---------------------------------------------------------------------------- trainer
 class Trainer:
     """Train `MultimodalMaskedTransformer` on a token folder. See the module docstring."""
 
-    def __init__(self, tokens: str | Path, out: str | Path, config: TrainConfig, progress: bool = True):
-        self.config = config = _apply_bundle(config)
+    def __init__(self, tokens: str | Path, out: str | Path, config: TrainConfig, progress: bool = True,
+                 manager: PluginManager | None = None):
+        manager = manager or get_plugin_manager()
+        self.config = config = apply_bundle(config, manager)
         self.out, self.progress = Path(out), progress
-        self.device = _pick_device(config)
-        self.dist = _init_dist(self.device)
+        self.device = pick_device(config.device)
+        self.dist = init_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if config.batch_size % self.dist.world:
             raise MmtokError(f"batch_size {config.batch_size} must be divisible by the {self.dist.world} ranks")
-        self.data = TokenDataset(tokens, config.streams)
+        self.data = TokenShards(tokens, config.streams)
         ids = self.data.sample_ids
         self.val_idx = [i for i, s in enumerate(ids) if held_out(s, config.val_fraction)]
         self.train_idx = [i for i, s in enumerate(ids) if not held_out(s, config.val_fraction)]
@@ -292,7 +70,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = MultimodalMaskedTransformer(self.specs, config.model)
         self.sampler = MaskSampler(self.model.layout, config.masking)
-        heads = build_heads(config, self.model)
+        heads = build_heads(config.heads, self.model, manager)
         self.module = TrainModule(self.model, heads).to(self.device)
         self.head_weights = {n: h.weight for n, h in config.heads.items()}
         decay = [p for n, p in self.module.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -305,7 +83,7 @@ class Trainer:
         self._resume()
         self.wrapped = self._wrap()
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
-        self.unigram = self._unigram()
+        self.unigram = UnigramBaseline(self.model.layout, self.specs, self.data.batch, self.train_idx)
 
     # ---------------------------------------------------------------- setup
     def _wrap(self) -> nn.Module:
@@ -343,8 +121,8 @@ class Trainer:
             self._perm = (epoch, torch.randperm(len(self.train_idx), generator=g).tolist())
         return self._perm[1]
 
-    def _to(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+    def _to(self, batch: TokenBatch) -> TokenBatch:
+        return batch.to(self.device)
 
     # ---------------------------------------------------------------- training
     def train_step(self, step: int) -> dict:
@@ -380,6 +158,7 @@ class Trainer:
                 record[f"loss/{key}"] = float(stats[0, s] / stats[1, s])
         for name, h in head_losses.items():
             record[f"head/{name}"] = float(self.dist.all_sum(h.float().clone()) / self.dist.world)
+        record.update(head_metrics(self.module.heads))  # this rank's view of the last step
         return record
 
     def _autocast(self):
@@ -409,7 +188,7 @@ class Trainer:
             with self._autocast():
                 out = self.model(batch, masks)
             totals[:3] += torch.stack([out.loss_sum, out.count, out.correct]).double().cpu()
-            nll, hits = self._unigram_scores(batch, masks)
+            nll, hits = self.unigram.scores(batch, masks)
             totals[3] += nll
             totals[4] += hits
         self.dist.all_sum(totals)
@@ -424,38 +203,6 @@ class Trainer:
                 rec[f"val/unigram_loss/{key}"] = float(totals[3, s] / c)
                 rec[f"val/unigram_acc/{key}"] = float(totals[4, s] / c)
         return rec
-
-    def _unigram(self) -> dict[str, torch.Tensor]:
-        """Per discrete stream: add-one smoothed log-frequencies of the training tokens."""
-        out = {}
-        for start in range(0, len(self.train_idx), 512):
-            batch = self.data.batch(self.train_idx[start:start + 512])
-            for key, spec in self.specs.items():
-                if not spec.is_discrete:
-                    continue
-                ids = batch[f"{key}/ids"][batch[f"{key}/present"].bool()].long().flatten()
-                h = torch.bincount(ids, minlength=spec.vocab_size).double()
-                out[key] = out.get(key, 0) + h
-        return {k: torch.log((h + 1) / (h.sum() + len(h))) for k, h in out.items()}
-
-    def _unigram_scores(self, batch: dict, masks) -> tuple[torch.Tensor, torch.Tensor]:
-        lay = self.model.layout
-        nll = torch.zeros(len(lay), dtype=torch.float64)
-        hits = torch.zeros(len(lay), dtype=torch.float64)
-        tgt = masks.target_idx.cpu()
-        valid = masks.target_valid.cpu()
-        stream = lay.stream_of[tgt]
-        for s, key in enumerate(lay.keys):
-            if key not in self.unigram:
-                continue
-            here = valid & (stream == s)
-            if not here.any():
-                continue
-            ids = lay.gather(key, batch[f"{key}/ids"].cpu().long(), tgt)[0][here]
-            logp = self.unigram[key]
-            nll[s] = float(-logp[ids].sum())
-            hits[s] = float((ids == logp.argmax()).sum())
-        return nll, hits
 
     # ---------------------------------------------------------------- checkpoints
     def _ckpt_dir(self) -> Path:

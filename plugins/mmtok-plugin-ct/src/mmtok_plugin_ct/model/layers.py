@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from mmtok.model.layers import Attention, Mlp, grid_sincos
+from mmtok.nn import Attention, Mlp, grid_sincos
 
 __all__ = ["AnatomicalStructureEncoder", "AttentionPool", "MultiScaleAggregation", "MultiScaleFeatures",
            "RegionAwareAttention", "RegionEncoding", "SliceAwareAttention", "ThreeDPatchEmbedding",

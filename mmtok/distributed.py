@@ -1,0 +1,59 @@
+"""The process group of a ``torchrun`` job, shared by ``mmtok encode`` and ``mmtok train``.
+
+Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) everything is a no-op on one process, so the
+same code runs on a laptop and on many GPUs / nodes. mmtok never launches processes itself.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+import torch.distributed
+
+__all__ = ["Dist", "init_distributed", "pick_device"]
+
+
+@dataclasses.dataclass
+class Dist:
+    """This process's place in the job: rank, world size, local rank (GPU index on its node)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    group: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over all ranks, in place; returns it."""
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def init_distributed(device: torch.device | None = None) -> Dist:
+    """Join the ``torchrun`` process group (NCCL for CUDA devices, gloo otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else this rank's GPU when there is one, else the CPU."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
