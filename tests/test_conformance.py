@@ -185,3 +185,16 @@ def test_kit_fails_a_plugin_that_imports_a_private_module(tmp_path, monkeypatch)
     # the same plugin through the public API passes
     (pkg / "plugin.py").write_text(PLUGIN_SOURCE.replace("from mmtok.codecs import ScalarCodec", "from mmtok import ScalarCodec"))
     assert check_plugin(importlib.reload(module)) == ["codec:leaky-quantile"]
+
+
+class SilentlyCrops(SpectrumCodec):
+    """Crops or zero-pads any spectrum to its size but does not say so (no decoded_shape)."""
+
+    def to_tensor(self, m):
+        x = m.values.float()[..., :self.config.size[0]]
+        return torch.nn.functional.pad(x, (0, self.config.size[0] - x.shape[-1]))
+
+
+def test_kit_fails_a_codec_that_silently_accepts_a_wrong_shape():
+    with pytest.raises(ConformanceError, match="without error"):
+        check_codec(spectrum_codec(SilentlyCrops))
