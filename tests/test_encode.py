@@ -192,6 +192,11 @@ def test_encode_skip_keeps_every_good_sample_and_lists_the_bad(corpus):
     assert streams["g0"] == ["tok_five", "tok_vitals"]
     assert streams["g4"] == ["tok_five"] and streams["g5"] == ["tok_vitals"]
     assert index["counts"]["tok_five"]["samples"] == 5 and index["counts"]["tok_vitals"]["samples"] == 5
+    # codebook usage merged from the shards' sidecars (3 shards) equals a count over the tokens
+    shards = mmtok.TokenShards(root / "out")
+    for key in ("tok_five", "tok_vitals"):
+        ids = torch.cat([shards.stream(s, key).ids for s in GOOD if key in streams[s]])
+        assert index["counts"][key]["codes_used"] == len(torch.unique(ids)), key
     # the tokens of every good sample equal encoding it on its own
     mmtok.plugins.reset_plugin_manager()
     registry = mmtok.Registry.load(root / "registry.yaml")
