@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 
 from mmtok.codec import (ChannelNorm, Codec, CodecConfig, CodecOutput, NeuralCodec, NeuralCodecConfig, Tokenizer,
                          eval_mode)
-from mmtok.codecs import (ImageCodec, PatchCodec, PatchCodecConfig, ScalarCodec, ScalarCodecConfig, SpectrumCodec,
-                          TableCodec, TableCodecConfig, TimeSeriesCodec, VolumeCodec)
+from mmtok.codecs import (CategoricalCodec, CategoricalCodecConfig, ImageCodec, PatchCodec, PatchCodecConfig,
+                          ScalarCodec, ScalarCodecConfig, SpectrumCodec, TableCodec, TableCodecConfig, TimeSeriesCodec,
+                          VolumeCodec)
 from mmtok.errors import CodecError, MmtokError, ModalityError, PluginError, RegistryError
 from mmtok.hookspecs import (BundleSpec, CodecSpec, CommandSpec, HeadSpec, PretrainedSpec, ReaderSpec, SampleCheckSpec,
                              hookimpl)
-from mmtok.io import atomic_write, read_checkpoint, read_json, write_checkpoint, write_json
+from mmtok.io import (DamagedFileError, OutputLock, atomic_write, load_weights_into, open_safetensors,
+                      read_checkpoint, read_json, read_safetensors, write_checkpoint, write_json)
 from mmtok.modalities import Columns, Image, Scalars, Spectrum, Volume, stack_columns
 from mmtok.modality import Modality
 from mmtok.quantize import ContinuousConfig, FSQConfig, LFQConfig, QuantizerConfig, ResidualVQConfig, VQConfig
@@ -48,15 +50,17 @@ __all__ = [
     # codecs
     "Tokenizer", "Codec", "CodecConfig", "NeuralCodec", "NeuralCodecConfig", "CodecOutput", "ChannelNorm",
     "eval_mode", "PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec",
-    "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig",
-    "QuantizerConfig", "FSQConfig", "VQConfig", "LFQConfig", "ResidualVQConfig", "ContinuousConfig",
+    "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig", "CategoricalCodec",
+    "CategoricalCodecConfig", "QuantizerConfig", "FSQConfig", "VQConfig", "LFQConfig", "ResidualVQConfig",
+    "ContinuousConfig",
     # plugin contract
     "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec", "PretrainedSpec", "SampleCheckSpec",
     "CommandSpec",
     # errors
     "MmtokError", "ModalityError", "CodecError", "PluginError", "RegistryError",
     # files
-    "atomic_write", "write_json", "read_json", "write_checkpoint", "read_checkpoint", "read_npy", "read_npz",
+    "atomic_write", "write_json", "read_json", "write_checkpoint", "read_checkpoint", "read_safetensors",
+    "open_safetensors", "load_weights_into", "OutputLock", "DamagedFileError", "read_npy", "read_npz",
     "read_csv",
     *_LAZY,
 ]

@@ -1,6 +1,6 @@
 """mmtok's own generic pieces, registered through the same hooks as any plugin."""
 
-from mmtok.codecs import ImageCodec, ScalarCodec, SpectrumCodec, TableCodec, VolumeCodec
+from mmtok.codecs import CategoricalCodec, ImageCodec, ScalarCodec, SpectrumCodec, TableCodec, VolumeCodec
 from mmtok.hookspecs import CodecSpec, ReaderSpec, hookimpl
 from mmtok.modalities import Image, Scalars, Spectrum, Volume
 from mmtok.readers import read_csv, read_npy, read_npz
@@ -25,6 +25,8 @@ def mmtok_codecs():
                   "3D volumes, one FSQ token per 4x8x8 patch"),
         CodecSpec("scalar-quantile", "scalars", ScalarCodec, {"columns": 4, "num_bins": 64},
                   "one token per column: quantile (CDF) bin"),
+        CodecSpec("categorical", "scalars", CategoricalCodec, {"columns": 4, "num_categories": 16},
+                  "discrete values and class labels: one exact token per column (its category at fit)"),
         CodecSpec("table-mlp", "scalars", TableCodec, {"columns": 4, "num_tokens": 2},
                   "several columns jointly, MLP + FSQ"),
     ]

@@ -92,11 +92,14 @@ def _shape_checker(registry_path: Path | None, modalities=None):
         except Exception as err:  # noqa: BLE001 - e.g. an unreadable checkpoint: a problem, not a traceback
             problems.append((key, entry.modality, f"cannot build its codec: {type(err).__name__}: {err}"))
             continue
-        by_modality.setdefault(entry.modality, []).append(codec)
+        by_modality.setdefault(entry.modality, []).append((key, codec))
 
     def check(modality_key: str, m) -> None:
-        for codec in by_modality.get(modality_key, []):
-            codec.preprocess(m)  # raises ModalityError on a shape the codec can't take
+        for key, codec in by_modality.get(modality_key, []):
+            try:
+                codec.preprocess(m)  # raises ModalityError on a shape the codec can't take
+            except MmtokError as err:  # worded as `mmtok encode` words it
+                raise MmtokError(f"stream {key!r}: {err}") from None
 
     return problems, check
 
@@ -104,7 +107,7 @@ def _shape_checker(registry_path: Path | None, modalities=None):
 def cmd_validate(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from mmtok.manifest import Manifest
+    from mmtok.manifest import Manifest, summarize
 
     manifest = Manifest.load(args.manifest, allow_absolute=args.allow_absolute)
     used = Counter(k for s in manifest.samples for k in s.modalities)
@@ -113,8 +116,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.registry}: stream {key!r} ({modality}): {reason}; its shape checks are skipped "
               f"for the {used[modality]} sample(s) with {modality}", file=sys.stderr)
     problems = manifest.validate(check_shape=check_shape)
-    for p in problems:
-        print(f"{args.manifest}: {p}", file=sys.stderr)
+    for line in summarize(problems):  # a problem many samples share is one line with their count
+        print(f"{args.manifest}: {line}", file=sys.stderr)
     n = len(manifest.samples) + len({p.sample for p in manifest.problems})
     if stream_problems or problems:
         registry = f"{len(stream_problems)} problem(s) in {args.registry}, " if stream_problems else ""
@@ -130,16 +133,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     summary = encode_manifest(args.manifest, args.out, registry_path=args.registry,
                               batch_size=args.batch_size, workers=args.workers, on_error=args.on_error,
-                              resume=args.resume, shard_size=args.shard_size, streams=args.stream,
+                              resume=args.resume, overwrite=args.overwrite, shard_size=args.shard_size,
+                              streams=args.stream,
                               allow_absolute=args.allow_absolute, progress=not args.quiet)
     if summary is None:  # a non-zero rank under torchrun
         return 0
     print(f"encoded {summary.samples} samples into {summary.out} in {summary.seconds:.1f} s "
           f"({summary.samples / max(summary.seconds, 1e-9):.0f} samples/s)")
     print(summary.table())
-    for s in summary.skipped:
-        reasons = "; ".join(f"{p['key']}: {p['reason']}" for p in s["problems"])
-        print(f"skipped sample {s['id']!r}: {reasons}", file=sys.stderr)
+    from mmtok.manifest import ManifestProblem, summarize
+
+    problems = [ManifestProblem(s["id"], p["key"], p["reason"]) for s in summary.skipped for p in s["problems"]]
+    for line in summarize(problems):  # a problem many samples share is one line with their count
+        print(f"skipped {line}", file=sys.stderr)
     return 0
 
 
@@ -188,8 +194,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_codec(args: argparse.Namespace) -> int:
+    """Refuse an existing codec folder without --force (token folders were encoded with it),
+    and hold the folder's lock while fitting."""
+    from mmtok.io import OutputLock
+
+    out = Path(args.out)
+    with OutputLock(out, "fit-codec"):
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            what = "a codec" if (out / "config.json").exists() else "files"
+            raise MmtokError(f"{out} already holds {what}; token folders encoded with a codec stop decoding "
+                             "when it is replaced. Choose another --out, or pass --force to replace it")
+        return _fit_codec(args)
+
+
+def _fit_codec(args: argparse.Namespace) -> int:
     from mmtok.fit import fit_codec
-    from mmtok.manifest import Manifest, SampleError
+    from mmtok.manifest import Manifest, ManifestProblem, SampleError, summarize
     from mmtok.plugins import get_plugin_manager
     from mmtok.registry import Registry
 
@@ -206,9 +226,9 @@ def cmd_fit_codec(args: argparse.Namespace) -> int:
             try:
                 items.append(manifest.load_modality(sample, entry.modality, manager))
             except SampleError as err:
-                problems.append(str(err))
-    for p in problems:
-        print(f"{args.manifest}: {p}", file=sys.stderr)
+                problems.append(ManifestProblem(err.sample, err.key, err.reason))
+    for line in summarize(problems):  # a problem many samples share is one line with their count
+        print(f"{args.manifest}: {line}", file=sys.stderr)
     if problems:
         return 1
     if len(items) < 2:
@@ -372,7 +392,9 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1024, help="samples per shard")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run in --out (finished shards are re-verified, damaged ones redone)")
+    p.add_argument("--overwrite", action="store_true", help="replace the encode run already in --out")
     p.add_argument("--allow-absolute", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
@@ -398,6 +420,8 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-absolute", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace the codec already in --out (token folders encoded with it stop decoding)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit_codec)
 
@@ -437,14 +461,23 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (e.g. a quantile fit losing bins to ties) as one `mmtok: warning:` line."""
+    print(f"mmtok: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, *, manager=None) -> int:
+    import warnings
+
     args = build_parser(manager).parse_args(argv)
-    try:
-        rc = args.func(args)
-        return 0 if rc is None else rc
-    except MmtokError as err:
-        print(f"mmtok: {err}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            rc = args.func(args)
+            return 0 if rc is None else rc
+        except MmtokError as err:
+            print(f"mmtok: {err}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

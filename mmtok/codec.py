@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from mmtok.config import StrictModel, problems
 from mmtok.errors import CodecError, ModalityError
-from mmtok.io import atomic_write
+from mmtok.io import atomic_write, open_safetensors
 from mmtok.modality import Modality
 from mmtok.quantize import FSQConfig, Quantizer, QuantizerConfig
 from mmtok.tokens import TokenStream
@@ -166,6 +166,21 @@ def eval_mode(method):
     return wrapper
 
 
+def _checks_stream(decode):
+    """``decode`` preceded by `Codec.check_stream`: grid, kind, vocabulary and id range are checked
+    for every codec, whether or not its own ``decode`` remembers to."""
+    if getattr(decode, "checks_stream", False):
+        return decode
+
+    @functools.wraps(decode)
+    def wrapper(self, stream: TokenStream, *args, **fields):
+        self.check_stream(stream)
+        return decode(self, stream, *args, **fields)
+
+    wrapper.checks_stream = True
+    return wrapper
+
+
 class Codec(nn.Module):
     """Base of every codec: the `Tokenizer` protocol's shared parts. Subclasses set
     ``config_class`` and ``family`` and implement `grid`, `vocab_size`, `encode`, `decode` (and
@@ -177,6 +192,11 @@ class Codec(nn.Module):
     #: name under which the family itself is registered (a `CodecSpec` may use another)
     family: ClassVar[str] = "codec"
     default_modality: ClassVar[type[Modality] | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "decode" in cls.__dict__:  # every codec's decode checks its stream first
+            cls.decode = _checks_stream(cls.__dict__["decode"])
 
     def __init__(self, config: CodecConfig | dict, modality: type[Modality] | None = None,
                  name: str | None = None):
@@ -250,7 +270,8 @@ class Codec(nn.Module):
 
     def decode(self, stream: TokenStream, **fields: Any) -> Modality:
         """TokenStream -> modality batch. ``fields`` are passed to the modality unchanged
-        (e.g. wavelengths or voxel spacing that the tokens do not carry)."""
+        (e.g. wavelengths or voxel spacing that the tokens do not carry). A subclass's ``decode``
+        gets the stream only after `check_stream` accepted it (ids within the vocabulary)."""
         raise NotImplementedError
 
     def fit_statistics(self, m: Modality) -> None:
@@ -291,14 +312,24 @@ class Codec(nn.Module):
         return x.float()
 
     def check_stream(self, stream: TokenStream) -> None:
+        """Refuse a stream this codec cannot decode: another grid, kind or vocabulary, or token ids
+        outside ``[0, vocab_size)``. Every codec's `decode` runs it first (`Codec.__init_subclass__`
+        wraps each ``decode``), so no id outside the vocabulary reaches a codebook or a table."""
+        made_by = f" (made by codec {stream.codec!r})" if stream.codec not in (None, self.name) else ""
         if tuple(stream.grid) != tuple(self.grid):
-            raise CodecError(f"{self.name}: token grid {stream.grid} does not match this codec's "
+            raise CodecError(f"{self.name}: token grid {stream.grid}{made_by} does not match this codec's "
                              f"grid {self.grid}")
         if stream.is_discrete != self.is_discrete:
             kind = "discrete" if self.is_discrete else "continuous"
-            raise CodecError(f"{self.name}: is {kind}, the stream is not")
+            raise CodecError(f"{self.name}: is {kind}, the stream{made_by} is not")
         if stream.is_discrete and stream.vocab_size != self.vocab_size:
-            raise CodecError(f"{self.name}: vocabulary {self.vocab_size}, stream has {stream.vocab_size}")
+            raise CodecError(f"{self.name}: vocabulary {self.vocab_size}, stream{made_by} has {stream.vocab_size}")
+        if stream.is_discrete and stream.ids.numel():
+            lo, hi = (int(v) for v in torch.aminmax(stream.ids))
+            if lo < 0 or hi >= self.vocab_size:
+                raise CodecError(f"{self.name}: token ids of the stream{made_by} range over [{lo}, {hi}], outside "
+                                 f"this codec's vocabulary [0, {self.vocab_size}); the tokens are damaged or "
+                                 "were not made by this codec (re-encode them with it)")
 
     def decoded_shape(self, m: Modality) -> tuple[int, ...]:
         """Shape of the field that ``decode(encode(m))`` returns: the input's, unless the codec
@@ -458,7 +489,6 @@ class NeuralCodec(Codec):
 
     @eval_mode
     def decode(self, stream: TokenStream, **fields: Any) -> Modality:
-        self.check_stream(stream)
         z_q = self.quantizer.ids_to_codes(stream.ids) if stream.is_discrete else stream.values
         param = next(self.parameters(), None)
         if param is not None:
@@ -485,6 +515,7 @@ def load_weights(codec: Codec, directory: Path, meta: dict) -> None:
     weights = Path(directory) / "model.safetensors"
     if not weights.is_file():
         raise CodecError(f"{directory}: config.json present but model.safetensors missing")
+    open_safetensors(weights, "codec weights", "re-fit the codec (`mmtok fit-codec`) or restore the folder")
     try:
         missing, unexpected = load_model(codec, str(weights), strict=False)
     except RuntimeError as err:

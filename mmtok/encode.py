@@ -2,9 +2,11 @@
 
 Samples are split, in manifest order, into shards of ``shard_size``. Each shard is loaded
 lazily by DataLoader workers (one manifest sample per item), its modalities are bucketed per
-stream by shape, encoded in batches of ``batch_size`` under ``torch.inference_mode()``, and
-written atomically (see `mmtok.shards`). A shard is a pure function of its samples and the
-codecs, so:
+stream by shape and dtype, encoded in batches of ``batch_size`` under ``torch.inference_mode()``,
+and written atomically (see `mmtok.shards`). Every sample-level problem (unreadable file, failed
+modality check, a codec refusing the sample) stops the run (``on_error="fail"``) or skips the
+sample with its reason (``"skip"``); a run that encodes nothing is an `EncodeError`. A shard is a
+pure function of its samples and the codecs, so:
 
 * ``--resume`` skips finished shards and the result is byte-identical to an uninterrupted run;
 * under ``torchrun`` rank r encodes shards r, r + W, ...; rank 0 merges the index, and the
@@ -12,8 +14,10 @@ codecs, so:
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -22,13 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mmtok.distributed import init_distributed
-from mmtok.errors import MmtokError
-from mmtok.io import read_json, write_json
-from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError
+from mmtok.errors import MmtokError, warn
+from mmtok.io import OutputLock, read_json, write_json
+from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError, summarize
 from mmtok.modality import Modality, deferred_checks
 from mmtok.plugins import PluginManager, get_plugin_manager
 from mmtok.registry import Registry
-from mmtok.shards import INDEX, merge_statistics, shard_name, write_shard
+from mmtok.shards import INDEX, check_shard, merge_statistics, shard_name, write_shard
 from mmtok.tokens import TokenStream
 
 __all__ = ["EncodeError", "encode_manifest", "EncodeSummary"]
@@ -49,7 +53,8 @@ class EncodeSummary:
     def table(self) -> str:
         lines = ["| stream | samples | tokens | codebook used |", "|---|---:|---:|---:|"]
         for key, s in self.streams.items():
-            used = "continuous" if s["usage"] is None else f"{s['codes_used']} ({100 * s['usage']:.1f}%)"
+            used = ("empty" if not s["samples"] else "continuous" if s["usage"] is None else
+                    f"{s['codes_used']} ({100 * s['usage']:.1f}%)")
             lines.append(f"| {key} | {s['samples']} | {s['tokens']} | {used} |")
         return "\n".join(lines)
 
@@ -103,11 +108,13 @@ def _read_in_order(reader: _SampleReader, workers: int, chunk: int = 64):
 
 
 def _signature(m: Modality) -> tuple:
-    """Samples with the same signature can be collated into one batch."""
+    """Samples with the same signature can be collated into one batch: same per-sample shapes
+    and dtypes (an int or bool sample where floats are expected is then checked on its own, as
+    `mmtok validate` checks it, instead of being promoted to float by concatenation)."""
     parts = []
     for f in dataclasses.fields(m):
         v = getattr(m, f.name)
-        parts.append((f.name, tuple(v.shape[1:]) if isinstance(v, torch.Tensor) else repr(v)))
+        parts.append((f.name, (tuple(v.shape[1:]), v.dtype) if isinstance(v, torch.Tensor) else repr(v)))
     return tuple(parts)
 
 
@@ -120,11 +127,26 @@ def _stream_info(key: str, registry: Registry, codec) -> dict:
 
 def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path: str | Path,
                     batch_size: int = 64, workers: int = 0, on_error: str = "fail",
-                    resume: bool = False, shard_size: int = 1024, streams: list[str] | None = None,
-                    allow_absolute: bool = False, progress: bool = True,
+                    resume: bool = False, overwrite: bool = False, shard_size: int = 1024,
+                    streams: list[str] | None = None, allow_absolute: bool = False, progress: bool = True,
                     manager: PluginManager | None = None) -> EncodeSummary:
     """Encode every sample of the manifest into token shards under ``out``, with the modalities,
-    codecs and readers of ``manager`` (default: the installed plugins)."""
+    codecs and readers of ``manager`` (default: the installed plugins).
+
+    ``out`` is locked for the run (`OutputLock`: a second writer gets an error naming the
+    first). A folder that already holds a run is refused unless ``resume`` (finish it: every
+    finished shard is re-verified, damaged ones are re-encoded) or ``overwrite`` (start afresh).
+    """
+    lock = OutputLock(out, "encode") if init_distributed().main else contextlib.nullcontext()
+    with lock:
+        return _encode_manifest(manifest_path, out, registry_path=registry_path, batch_size=batch_size,
+                                workers=workers, on_error=on_error, resume=resume, overwrite=overwrite,
+                                shard_size=shard_size, streams=streams, allow_absolute=allow_absolute,
+                                progress=progress, manager=manager)
+
+
+def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, on_error, resume,
+                     overwrite, shard_size, streams, allow_absolute, progress, manager) -> EncodeSummary:
     if on_error not in ("fail", "skip"):
         raise EncodeError(f"--on-error must be 'fail' or 'skip', found {on_error!r}")
     if batch_size < 1 or shard_size < 1:
@@ -175,23 +197,12 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
            "streams": info, "shard_size": shard_size, "batch_size": batch_size, "on_error": on_error}
     shard_dir = out / "shards"
     if rank == 0:
-        if (out / "run.json").exists():
-            if not resume:
-                raise EncodeError(f"{out} already holds an encode run; pass --resume to finish it or "
-                                  "choose another --out")
-            if read_json(out / "run.json") != run:
-                raise EncodeError(f"{out} holds a run with another manifest, registry or settings; "
-                                  "cannot resume it")
-        out.mkdir(parents=True, exist_ok=True)
-        shard_dir.mkdir(exist_ok=True)
-        for stale in shard_dir.glob(".*.tmp"):  # left by a killed run
-            stale.unlink()
-        write_json(out / "run.json", run)
+        _prepare_out(out, run, resume=resume, overwrite=overwrite)
     dist.barrier()
 
     shards = [list(enumerate(rows[i:i + shard_size], start=i)) for i in range(0, len(rows), shard_size)]
     mine = [i for i in range(len(shards)) if i % world == rank]
-    todo = [i for i in mine if not (shard_dir / f"{shard_name(i)}.json").exists()]
+    todo = [i for i in mine if not _finished(shard_dir, i)]
     start = time.perf_counter()  # encoding itself: after imports, registry checks, codec loading
     bar = tqdm(total=sum(len(shards[i]) for i in todo), unit="sample", disable=not progress or rank != 0,
                desc="encode")
@@ -200,13 +211,13 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     items = [(i, row, sample) for i in todo for row, sample in shards[i]]
     reader = _SampleReader(manifest, items, set(by_modality), manager)
     current, pending = None, []
-    for shard, row, sid, records, problems in _read_in_order(reader, workers):
+    for (_, _, sample), (shard, row, sid, records, problems) in zip(items, _read_in_order(reader, workers)):
         bar.update(1)
         loaded = {}
         with deferred_checks():  # checked once per batch in _check_batches
             for key, record in records.items():
                 try:
-                    loaded[key] = manifest.build(sid, key, record, manager)
+                    loaded[key] = manifest.build(sid, key, record, manager, sample=sample)
                 except SampleError as err:
                     problems.append((err.key or key, err.reason))
         if not problems:
@@ -227,7 +238,65 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     if rank == 0:
         summary = _merge(out, manifest_path, registry_path, len(shards), info, upfront, start)
     dist.barrier()
+    if summary is not None and not any(s["samples"] for s in summary.streams.values()):
+        raise EncodeError(_nothing_encoded(summary, by_modality))
     return summary
+
+
+def _nothing_encoded(summary: EncodeSummary, by_modality: dict[str, list[str]]) -> str:
+    """Why a finished run holds no tokens at all, in one line."""
+    problems = [ManifestProblem(s["id"], p["key"], p["reason"]) for s in summary.skipped for p in s["problems"]]
+    if not problems:
+        return (f"nothing was encoded: none of the {summary.samples} sample(s) has a modality of the "
+                f"stream(s) {sorted(summary.streams)} ({', '.join(sorted(by_modality))})")
+    lines = summarize(problems)
+    others = f" (and {len(lines) - 1} other problem(s))" if len(lines) > 1 else ""
+    what = (f"all {len(summary.skipped)} sample(s) were skipped" if not summary.samples else
+            f"{len(summary.skipped)} sample(s) were skipped and the other {summary.samples} have none of the streams")
+    return f"nothing was encoded: {what}: {lines[0]}{others}; {summary.out / INDEX} lists every skipped sample"
+
+
+def _prepare_out(out: Path, run: dict, *, resume: bool, overwrite: bool) -> None:
+    """Make ``out`` ready for ``run`` (its output lock is held): new, resumed or overwritten."""
+    if resume and overwrite:
+        raise EncodeError("--resume and --overwrite exclude each other")
+    ours = [out / "run.json", out / INDEX, out / "shards"]
+    if out.is_dir() and any(out.iterdir()):
+        if overwrite:
+            if not any(p.exists() for p in ours):
+                raise EncodeError(f"{out} is not an `mmtok encode` output (no run.json, index.json or shards/); "
+                                  "--overwrite only replaces encode runs. Choose another --out")
+            for p in ours:
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        elif (out / "run.json").exists():
+            if not resume:
+                raise EncodeError(f"{out} already holds an encode run; pass --resume to finish it, "
+                                  "--overwrite to replace it, or choose another --out")
+            if read_json(out / "run.json") != run:
+                raise EncodeError(f"{out} holds a run with another manifest, registry or settings; cannot "
+                                  "resume it (--overwrite replaces it)")
+        elif any(p.exists() for p in ours):
+            raise EncodeError(f"{out} holds shards or an index but no run.json; pass --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shards").mkdir(exist_ok=True)
+    for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:  # left by a killed run
+        stale.unlink()
+    write_json(out / "run.json", run)
+
+
+def _finished(shard_dir: Path, i: int) -> bool:
+    """Whether shard ``i`` is done and intact. A sidecar marks it done; before trusting it the
+    shard is re-verified (sidecar complete, header valid, sha256 of the file); a damaged one is
+    removed, reported and re-encoded."""
+    if not (shard_dir / f"{shard_name(i)}.json").exists():
+        return False
+    problem = check_shard(shard_dir, i)
+    if problem is None:
+        return True
+    warn(f"{problem}; re-encoding shard {i}")
+    for suffix in (".json", ".safetensors"):
+        (shard_dir / f"{shard_name(i)}{suffix}").unlink(missing_ok=True)
+    return False
 
 
 def _check_batches(loaded: list[dict], by_modality: dict[str, list[str]],
@@ -265,18 +334,44 @@ def _check_batches(loaded: list[dict], by_modality: dict[str, list[str]],
 def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: dict,
                   by_modality: dict[str, list[str]], shard_dir: Path, batch_size: int,
                   on_error: str) -> None:
-    """Check and encode the loaded samples of one shard, stream by stream, and write it."""
+    """Check and encode the loaded samples of one shard, stream by stream, and write it. With
+    ``on_error="skip"`` a sample that fails its modality checks or that a codec refuses is
+    skipped with the reason and the others are encoded without it."""
     candidates = [(sid, loaded) for _, sid, loaded, problems in items if not problems]
-    batches, bad = _check_batches([loaded for _, loaded in candidates], by_modality, batch_size)
-    failed = {candidates[pos][0]: [problem] for pos, problem in bad.items()}
-    if failed and on_error == "fail":
-        sid = next(sid for sid, _ in candidates if sid in failed)
-        raise EncodeError(str(ManifestProblem(sid, *failed[sid][0])))
-    if failed:  # drop the failed samples and batch the rest again (checks pass now)
-        candidates = [c for c in candidates if c[0] not in failed]
-        batches, _ = _check_batches([loaded for _, loaded in candidates], by_modality, batch_size)
+    failed: dict[str, list[tuple[str, str]]] = {}
+    while True:  # each round drops at least one failed sample, or ends
+        batches, bad = _check_batches([loaded for _, loaded in candidates], by_modality, batch_size)
+        if not bad:
+            try:
+                streams, present_streams = _encode_streams(candidates, batches, codecs, by_modality)
+                break
+            except _Refused as err:
+                bad = err.bad
+        if on_error == "fail":
+            pos = min(bad)
+            raise EncodeError(str(ManifestProblem(candidates[pos][0], *bad[pos])))
+        failed.update({candidates[pos][0]: [problem] for pos, problem in bad.items()})
+        candidates = [c for pos, c in enumerate(candidates) if pos not in bad]
     skipped = [{"id": sid, "problems": [{"key": k, "reason": r} for k, r in problems or failed.get(sid, [])]}
                for _, sid, _, problems in items if problems or sid in failed]
+    sidecar = {"shard": index, "samples": [{"id": sid, "row": r, "streams": sorted(s)}
+                                           for r, ((sid, _), s) in enumerate(zip(candidates, present_streams))],
+               "skipped": skipped}
+    write_shard(shard_dir, index, streams, sidecar)
+
+
+class _Refused(Exception):
+    """A codec refused samples: ``bad`` is {position: (modality, reason)}."""
+
+    def __init__(self, bad: dict[int, tuple[str, str]]):
+        super().__init__(bad)
+        self.bad = bad
+
+
+def _encode_streams(candidates: list[tuple[str, dict]], batches: dict, codecs: dict,
+                    by_modality: dict[str, list[str]]) -> tuple[dict[str, TokenStream], list[list[str]]]:
+    """Encode checked batches with every stream's codec: ({key: TokenStream}, streams per
+    sample). Raises `_Refused` naming the samples a codec refuses."""
     n = len(candidates)
     streams: dict[str, TokenStream] = {}
     present_streams: list[list[str]] = [[] for _ in range(n)]
@@ -290,8 +385,7 @@ def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: 
                     with torch.inference_mode():
                         stream = codec.encode(batch)
                 except MmtokError as err:
-                    raise EncodeError(f"stream {key!r}, samples {[candidates[p][0] for p in positions][:5]}: "
-                                      f"{err}") from None
+                    raise _Refused(_culprits(key, codec, modality, positions, batch, candidates, err)) from None
                 if tokens is None:
                     tokens = torch.zeros((n, *stream.tokens.shape[1:]), dtype=stream.tokens.dtype)
                 pos = torch.tensor(positions)
@@ -305,10 +399,26 @@ def _encode_shard(index: int, items: list[tuple[int, str, dict, list]], codecs: 
             streams[key] = (TokenStream(grid=codec.grid, present=present, ids=tokens, vocab_size=codec.vocab_size)
                             if codec.is_discrete else
                             TokenStream(grid=codec.grid, present=present, values=tokens.float()))
-    sidecar = {"shard": index, "samples": [{"id": sid, "row": r, "streams": sorted(s)}
-                                           for r, ((sid, _), s) in enumerate(zip(candidates, present_streams))],
-               "skipped": skipped}
-    write_shard(shard_dir, index, streams, sidecar)
+    return streams, present_streams
+
+
+def _culprits(key: str, codec, modality: str, positions: list[int], batch: Modality,
+              candidates: list[tuple[str, dict]], err: MmtokError) -> dict[int, tuple[str, str]]:
+    """The samples of a batch that ``codec`` refused, found by encoding them one at a time:
+    {position: (modality, reason)}. A batch refused as a whole but no sample alone is an error
+    of the codec, not of a sample: `EncodeError`."""
+    bad = {}
+    for i, pos in enumerate(positions):
+        try:
+            with torch.inference_mode():
+                codec.encode(batch[i])
+        except MmtokError as alone:
+            bad[pos] = (modality, f"stream {key!r}: {alone}")
+    if not bad:
+        ids = [candidates[p][0] for p in positions]
+        raise EncodeError(f"stream {key!r}: codec {codec.name!r} refused the batch of samples {ids[:5]}"
+                          f"{' ...' if len(ids) > 5 else ''} but accepts each of them alone: {err}")
+    return bad
 
 
 def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, upfront: dict,

@@ -20,3 +20,10 @@ class RegistryError(MmtokError, ValueError):
 
 class PluginError(MmtokError, RuntimeError):
     """A plugin could not be loaded or provided something invalid."""
+
+
+def warn(message: str) -> None:
+    """A recovery or a doubtful input mmtok went on with: one line on stderr, ``mmtok: warning: ...``."""
+    import sys
+
+    print(f"mmtok: warning: {message}", file=sys.stderr, flush=True)

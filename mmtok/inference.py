@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mmtok.errors import MmtokError
-from mmtok.io import atomic_write, read_json
+from mmtok.errors import MmtokError, warn
+from mmtok.io import DamagedFileError, atomic_write, checkpoint_folders, load_weights_into, read_json, read_safetensors
 from mmtok.model import ModelConfig, MultimodalMaskedTransformer, StreamSpec
 from mmtok.shards import TokenShards
 from mmtok.tokens import TokenBatch
@@ -32,14 +32,23 @@ def load_run(run: str | Path, checkpoint: str | None = None,
     streams = {k: StreamSpec.model_validate(v) for k, v in meta["streams"].items()}
     model = MultimodalMaskedTransformer(streams, ModelConfig.model_validate(meta["model"]))
     ckdir = run / "checkpoints"
-    name = checkpoint or (read_json(ckdir / "latest.json")["checkpoint"]
-                          if (ckdir / "latest.json").is_file() else None)
-    if name is None:
+    folders = [ckdir / checkpoint] if checkpoint else checkpoint_folders(ckdir)
+    if not folders:
         raise MmtokError(f"{run}: no checkpoint yet")
-    weights = load_file(str(ckdir / name / "model.safetensors"), device=str(map_location))
-    own = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
-    model.load_state_dict(own)
-    return model.eval()
+    damaged = []
+    for folder in folders:  # the newest intact one
+        path = folder / "model.safetensors"
+        try:
+            weights = read_safetensors(path, f"checkpoint {folder.name} weights", device=map_location)
+            own = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+            load_weights_into(model, own, path, f"checkpoint {folder.name} weights")
+        except DamagedFileError as err:
+            damaged.append(str(err))
+            continue
+        if damaged:
+            warn(f"{'; '.join(damaged)}; using the newest intact checkpoint, {folder.name}")
+        return model.eval()
+    raise DamagedFileError(f"{run}: no usable checkpoint ({'; '.join(damaged)})")
 
 
 def embed_tokens(run: str | Path, tokens: str | Path, batch_size: int = 256,
@@ -47,6 +56,7 @@ def embed_tokens(run: str | Path, tokens: str | Path, batch_size: int = 256,
     """(sample ids, (n, d) pooled encoder features) over every present token of each sample."""
     model = load_run(run)
     data = TokenShards(tokens, list(model.streams))
+    data.verify()
     idx = _select(data, samples)
     pooled = [model.embed(data.batch(idx[i:i + batch_size])).pooled for i in range(0, len(idx), batch_size)]
     return [data.sample_ids[i] for i in idx], torch.cat(pooled) if pooled else torch.zeros(0, model.config.d_model)
@@ -62,6 +72,7 @@ def impute_tokens(run: str | Path, tokens: str | Path, stream: str, samples: lis
     if stream not in model.streams:
         raise MmtokError(f"the run was trained on {list(model.streams)}, not {stream!r}")
     data = TokenShards(tokens, list(model.streams))
+    data.verify()
     idx = _select(data, samples)
     if samples is None and missing_only:
         idx = [i for i in idx if stream not in data.samples[i]["streams"]]

@@ -25,17 +25,23 @@ when the table has no key). Paths are relative to the manifest's folder and may 
 absolute paths are refused unless explicitly allowed.
 
 Problems are collected, never raised one by one: `Manifest.validate` returns every problem as a
-`ManifestProblem` naming the sample, the key and the reason.
+`ManifestProblem` naming the sample, the key and the reason; `summarize` words them for people,
+one line per distinct problem (one that many samples share is one line with their count).
+Data files must be regular files (a FIFO or a device is refused, never opened); arrays of
+every reader arrive in the machine's byte order.
 """
 
 import dataclasses
 import json
 import os
 import stat
+import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from mmtok.config import StrictModel
@@ -44,7 +50,7 @@ from mmtok.modality import Modality
 from mmtok.plugins import PluginManager, get_plugin_manager
 
 __all__ = ["Manifest", "ManifestError", "ManifestProblem", "SampleError", "ModalityEntry",
-           "SampleEntry", "TableEntry"]
+           "SampleEntry", "TableEntry", "summarize"]
 
 
 class ManifestError(MmtokError, ValueError):
@@ -69,6 +75,46 @@ class ManifestProblem:
         where = ", ".join(p for p in (f"sample {self.sample!r}" if self.sample else None,
                                       self.key) if p)
         return f"{where}: {self.reason}" if where else self.reason
+
+
+def summarize(problems: Iterable[ManifestProblem]) -> list[str]:
+    """One line per distinct problem, in first-seen order. A problem that several samples share
+    word for word (a column missing from a table, a modality two plugins provide, one wrong shape
+    throughout) is one line with their count and the first few ids, not one line per sample."""
+    groups: dict[tuple, list] = {}
+    for p in problems:
+        samples = groups.setdefault((p.key, p.reason), [])
+        if p.sample not in samples:
+            samples.append(p.sample)
+    lines = []
+    for (key, reason), samples in groups.items():
+        named = [s for s in samples if s is not None]
+        if len(named) <= 1:
+            lines.append(str(ManifestProblem(named[0] if named else None, key, reason)))
+            continue
+        shown = ", ".join(repr(s) for s in named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+        lines.append(", ".join(p for p in (f"{len(named)} samples ({shown})", key) if p) + f": {reason}")
+    return lines
+
+
+def _not_regular(st: os.stat_result) -> str | None:
+    """What a file that is not a regular file is ("a FIFO", ...), None for a regular file."""
+    mode = st.st_mode
+    for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "a special file"
+
+
+def _native(record: dict) -> dict:
+    """The record with arrays in the machine's byte order: big-endian data (a ``>f4`` .npy, FITS)
+    is valid, but torch cannot take it. Every reader's output passes here, so no reader has to."""
+    for name, value in record.items():
+        if isinstance(value, np.ndarray) and not value.dtype.isnative:
+            record = {**record, name: value.astype(value.dtype.newbyteorder("="))}
+    return record
 
 
 class TableEntry(StrictModel):
@@ -141,14 +187,22 @@ class Manifest:
     def load(cls, path: str | os.PathLike, *, allow_absolute: bool = False) -> "Manifest":
         path = Path(path)
         try:
-            text = path.read_text()
+            kind = _not_regular(os.stat(path))
+            text = None if kind else path.read_text(encoding="utf-8")
         except OSError as err:
             raise ManifestError(f"{path}: cannot read manifest ({err.strerror})") from None
+        except ValueError as err:  # a NUL byte in the path, or bytes that are not UTF-8
+            raise ManifestError(f"{str(path)!r}: cannot read manifest ({err})") from None
+        if kind:  # reading a FIFO or a device could block forever
+            raise ManifestError(f"{path}: not a regular file ({kind}); give the manifest's JSON file")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ManifestError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: "
                                 f"{err.msg}") from None
+        except RecursionError:
+            raise ManifestError(f"{path}: JSON nested too deeply to parse (over {sys.getrecursionlimit()} "
+                                "levels); a manifest needs only a few") from None
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: expected a JSON object with 'samples', found {type(data).__name__}")
         try:
@@ -156,6 +210,9 @@ class Manifest:
         except ValidationError as err:
             lines = [f"{path}: {loc}: {msg}" for loc, msg in _pydantic_reason(err)]
             raise ManifestError("\n".join(lines)) from None
+        except RecursionError:
+            raise ManifestError(f"{path}: JSON nested too deeply to check; a manifest needs only a few "
+                                "levels") from None
         samples, problems = [], []
         for i, raw in enumerate(top.samples):
             sid = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
@@ -176,6 +233,8 @@ class Manifest:
     def resolve(self, rel: str, *, sample: str | None, key: str | None, directory: bool = False) -> Path:
         """Path of ``rel`` under the manifest's folder; never outside it. A regular file, or a
         folder when ``directory`` (for readers of multi-file formats such as a DICOM series)."""
+        if "\x00" in rel:
+            raise SampleError(sample, key, f"path {rel!r} contains a NUL byte")
         absolute = os.path.isabs(rel)
         if absolute and not self.allow_absolute:
             raise SampleError(sample, key, f"absolute path {rel!r} not allowed (paths are relative "
@@ -204,9 +263,12 @@ class Manifest:
             if st is None or not stat.S_ISDIR(st.st_mode):
                 raise SampleError(sample, key, f"folder not found: {rel}")
         elif st is None or not stat.S_ISREG(st.st_mode):
-            what = "is a folder; name its reader (\"reader\": ...)" if st is not None and stat.S_ISDIR(
-                st.st_mode) else "not found"
-            raise SampleError(sample, key, f"file {what}: {rel}")
+            if st is None:
+                raise SampleError(sample, key, f"file not found: {rel}")
+            if stat.S_ISDIR(st.st_mode):
+                raise SampleError(sample, key, f"file is a folder; name its reader (\"reader\": ...): {rel}")
+            raise SampleError(sample, key, f"not a regular file ({_not_regular(st)}): {rel}; mmtok reads "
+                              "only regular files (reading a FIFO or a device could block forever)")
         return Path(full)
 
     def _inside(self, path: str) -> bool:
@@ -237,7 +299,7 @@ class Manifest:
                               f"{type(err).__name__}: {msg}") from None
         if not isinstance(record, dict):
             raise SampleError(sample, key, f"reader {reader.name!r} returned {type(record).__name__}")
-        return record
+        return _native(record)
 
     def table(self, name: str, manager) -> tuple[dict, dict | None]:
         """(columns, key value -> row index or None) of a declared table, read once."""
@@ -297,10 +359,20 @@ class Manifest:
         """One modality of one sample, as a batch of one. Raises `SampleError`."""
         if not manager.has_modality(key):  # say so before reading any file
             self.build(sample.id, key, {}, manager)
-        return self.build(sample.id, key, self.record(sample, key, manager), manager)
+        return self.build(sample.id, key, self.record(sample, key, manager), manager, sample=sample)
 
-    def build(self, sample_id: str, key: str, record: dict, manager) -> Modality:
-        """The modality ``key`` of sample ``sample_id`` from its reader record. Raises `SampleError`."""
+    def source(self, sample: SampleEntry, key: str) -> str | None:
+        """Where a table entry's row comes from, ``"table 'patients' (data/patients.csv)"``
+        (a problem with the table's columns is then the same words for every row); None for files."""
+        entry = sample.modalities[key]
+        if entry.table is None or entry.table not in self.tables:
+            return None
+        return f"table {entry.table!r} ({self.tables[entry.table].path})"
+
+    def build(self, sample_id: str, key: str, record: dict, manager, *,
+              sample: SampleEntry | None = None) -> Modality:
+        """The modality ``key`` of sample ``sample_id`` from its reader record. Raises `SampleError`
+        (naming the table the record came from, see `source`, when ``sample`` is given)."""
         try:
             cls = manager.modality(key)
         except MmtokError as err:
@@ -309,7 +381,8 @@ class Manifest:
             return cls.from_record(record, sample_id=sample_id)
         except MmtokError as err:
             reason = str(err).removeprefix(f"sample {sample_id!r}: ")
-            raise SampleError(sample_id, key, reason) from None
+            source = self.source(sample, key) if sample is not None else None
+            raise SampleError(sample_id, key, f"{source}: {reason}" if source else reason) from None
 
     @staticmethod
     def check_sample(sample_id: str, modalities: dict[str, Modality], manager) -> list[tuple[str, str]]:

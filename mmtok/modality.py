@@ -46,7 +46,9 @@ def deferred_checks():
 
     For pipelines that build many single samples and collate them: `Modality.collate` (outside
     the block) checks the whole batch at once, and `Modality.check()` finds the culprit when the
-    batch fails. Checks written in a subclass's own ``__post_init__`` still run.
+    batch fails. `collate` refuses samples whose dtypes differ (concatenation would promote an
+    int or bool sample to float and hide it), so a batch passes exactly when each of its samples
+    would. Checks written in a subclass's own ``__post_init__`` still run.
     """
     token = _DEFERRED.set(True)
     try:
@@ -253,6 +255,13 @@ class Modality:
                     raise ModalityError(
                         f"{cls.__name__}.collate: field {f.name!r} has different per-sample shapes "
                         f"{sorted(shapes)}; bucket samples by shape before collating"
+                    )
+                dtypes = {v.dtype for v in vals}
+                if len(dtypes) > 1:  # torch.cat would promote (int + float -> float) and hide a bad sample
+                    raise ModalityError(
+                        f"{cls.__name__}.collate: field {f.name!r} has different dtypes "
+                        f"{sorted(str(d).replace('torch.', '') for d in dtypes)}; convert the samples to "
+                        "one dtype (or bucket them by dtype) before collating"
                     )
                 out[f.name] = torch.cat(vals, dim=0)
             else:

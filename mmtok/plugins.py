@@ -5,9 +5,16 @@ each entry point is loaded and each hook called in isolation. A plugin that fail
 raises in a hook, returns something invalid or provides a name that is already taken is
 recorded in its `PluginInfo` (``mmtok plugins`` shows it) and everything else keeps working.
 
+Two plugins that provide the same name (a modality, codec, reader, head, bundle, pretrained
+codec, sample check or command; or readers claiming the same file suffix) never replace each
+other silently: the name is *contested*, reported in both plugins' `PluginInfo`, and every lookup
+of it raises a `PluginError` naming both plugins, until all but one are disabled. (The very
+same object provided twice, e.g. a plugin re-exporting another's modality, is no conflict.)
+
 Set ``MMTOK_DISABLE_PLUGINS=name1,name2`` to skip plugins by entry-point or distribution name.
 """
 
+import argparse
 import dataclasses
 import importlib.metadata
 import inspect
@@ -63,6 +70,8 @@ class PluginManager:
         self.disabled = set(disabled or ()) | {s.strip() for s in env.split(",") if s.strip()}
         self.tables: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
         self.owner: dict[str, dict[str, str]] = {k: {} for k in KINDS}
+        #: kind -> contested name -> every plugin that provides it (the first one in `owner`)
+        self.contested: dict[str, dict[str, list[str]]] = {k: {} for k in KINDS}
         if builtin:
             self.register(mmtok.builtin, "mmtok", package="mmtok", version=_version("mmtok"))
         if entrypoints:
@@ -124,9 +133,21 @@ class PluginManager:
                     continue
                 key = item.name
                 if key in self.tables[kind]:
-                    info.errors.append(f"{kind[:-1] if kind != 'pretrained' else 'pretrained codec'} "
-                                       f"{key!r} is already provided by plugin "
-                                       f"{self.owner[kind][key]!r}; this one is ignored")
+                    if item is self.tables[kind][key]:
+                        continue  # the very same object again: nothing to choose between
+                    first = self.owner[kind][key]
+                    self.contested[kind].setdefault(key, [first]).append(plugin_name)
+                    if first == plugin_name:  # the plugin itself gives two things one name
+                        info.errors.append(f"{_WHAT[kind]} {key!r} is provided twice by this plugin; mmtok "
+                                           "uses neither")
+                        continue
+                    info.provides.setdefault(kind, []).append(key)
+                    fix = f"{DISABLE_ENV}={plugin_name}" + ("" if first == "mmtok" else f" or {DISABLE_ENV}={first}")
+                    problem = (f"{_WHAT[kind]} {key!r} is also provided by plugin {first!r}; mmtok uses "
+                               f"neither until one is disabled ({fix})")
+                    info.errors.append(problem)
+                    if first in self.info and first != "mmtok":  # mmtok's own pieces are not at fault
+                        self.info[first].errors.append(problem.replace(f"plugin {first!r}", f"plugin {plugin_name!r}"))
                     continue
                 self.tables[kind][key] = item
                 self.owner[kind][key] = plugin_name
@@ -137,8 +158,27 @@ class PluginManager:
     def plugins(self) -> list[PluginInfo]:
         return list(self.info.values())
 
+    def _refuse_contested(self, kind: str, name: str) -> None:
+        """Raise `PluginError` if several plugins provide ``name``: using either would be a guess."""
+        owners = self.contested[kind].get(name)
+        if not owners:
+            return
+        owners = list(dict.fromkeys(owners))
+        if len(owners) == 1:
+            raise PluginError(f"{_WHAT[kind]} {name!r} is provided twice by plugin {owners[0]!r}, differently; "
+                              f"mmtok will not guess which one you mean: fix the plugin or disable it "
+                              f"({DISABLE_ENV}={owners[0]})")
+        who = ", ".join(f"{o!r} ({self.info[o].package or '?'} {self.info[o].version or '?'})"
+                        if o in self.info else repr(o) for o in owners)
+        keepable = ["mmtok"] if "mmtok" in owners else owners  # never suggest disabling mmtok's own
+        keep = " or ".join(f"{DISABLE_ENV}={','.join(x for x in owners if x != o)} (keeps {o!r})"
+                           for o in keepable)
+        raise PluginError(f"{_WHAT[kind]} {name!r} is provided by {len(owners)} plugins: {who}; mmtok will "
+                          f"not guess which one you mean. Disable all but one: {keep}")
+
     def _get(self, kind: str, name: str, what: str) -> Any:
         table = self.tables[kind]
+        self._refuse_contested(kind, name)
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
             raise PluginError(f"no {what} named {name!r} is installed (known: {known}); "
@@ -163,11 +203,22 @@ class PluginManager:
         return self._get("readers", name, "reader")
 
     def sample_checks(self) -> list[SampleCheckSpec]:
+        for name in self.contested["sample_checks"]:
+            self._refuse_contested("sample_checks", name)
         return list(self.tables["sample_checks"].values())
 
     def commands(self) -> list[CommandSpec]:
-        """The plugins' ``mmtok`` subcommands, sorted by name."""
-        return [self.tables["commands"][name] for name in sorted(self.tables["commands"])]
+        """The plugins' ``mmtok`` subcommands, sorted by name. A contested command is one that
+        refuses to run, saying which plugins provide it."""
+        out = []
+        for name in sorted(self.tables["commands"]):
+            try:
+                self._refuse_contested("commands", name)
+                out.append(self.tables["commands"][name])
+            except PluginError as err:
+                out.append(CommandSpec(name, help=f"unusable: {len(self.contested['commands'][name])} "
+                                       "plugins provide it", configure=_refusing(err)))
+        return out
 
     def modality(self, name: str) -> type[Modality]:
         return self._get("modalities", name, "modality")
@@ -177,6 +228,7 @@ class PluginManager:
 
     def codec_class(self, name: str, family: str | None = None) -> type:
         """Class of a registered codec name, falling back to a family name."""
+        self._refuse_contested("codecs", name)
         if name in self.tables["codecs"]:
             return self.tables["codecs"][name].codec
         for spec in self.tables["codecs"].values():
@@ -217,17 +269,46 @@ class PluginManager:
         cache = self.__dict__.setdefault("_reader_cache", {})
         if tail in cache:
             return cache[tail]
-        best = None
+        best, tied = None, []
         for spec in self.tables["readers"].values():
             for suffix in spec.suffixes:
-                if name.endswith(suffix.lower()) and (best is None or len(suffix) > len(best[0])):
-                    best = (suffix, spec)
+                if not name.endswith(suffix.lower()):
+                    continue
+                if best is None or len(suffix) > len(best[0]):
+                    best, tied = (suffix, spec), []
+                elif len(suffix) == len(best[0]) and spec is not best[1]:
+                    tied.append(spec)
         if best is None:
             kinds = sorted({s for r in self.tables["readers"].values() for s in r.suffixes})
             raise PluginError(f"no reader for {os.path.basename(path)!r}; installed readers handle {kinds}")
+        self._refuse_contested("readers", best[1].name)
+        if tied:  # two readers claim the suffix: which one reads the file would be a guess
+            who = ", ".join(f"{r.name!r} (plugin {self.owner['readers'][r.name]!r})" for r in [best[1], *tied])
+            raise PluginError(f"files ending in {best[0]!r} are claimed by the readers {who}; mmtok will not "
+                              f"guess which one reads {os.path.basename(path)!r}: name one in the manifest "
+                              f"(\"reader\": ...) or disable a plugin ({DISABLE_ENV}=...)")
         if all(s.startswith(".") for r in self.tables["readers"].values() for s in r.suffixes):
             cache[tail] = best[1]
         return best[1]
+
+
+_WHAT = {"modalities": "modality", "codecs": "codec", "readers": "reader", "heads": "head",
+         "bundles": "bundle", "pretrained": "pretrained codec", "sample_checks": "sample check",
+         "commands": "command"}
+
+
+def _refusing(err: PluginError):
+    """``configure`` of a contested command: whatever the arguments, it fails with ``err``."""
+    def configure(parser) -> None:
+        parser.add_argument("args", nargs=argparse.REMAINDER, help="(refused)")
+        parser.prefix_chars = ""  # take "--flag" as an argument too: any call ends in `run`
+
+        def run(args) -> int:
+            raise err
+
+        parser.set_defaults(func=run)
+
+    return configure
 
 
 def _validate(kind: str, item: Any) -> str | None:

@@ -126,6 +126,10 @@ class Registry:
         if manager.has_pretrained(ref):
             return Path(manager.pretrained(ref).path)
         path = Path(ref) if os.path.isabs(ref) else self.root / ref
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise RegistryError(f"checkpoint {ref!r}: the folder {path} has no config.json, so it is not a codec "
+                                "checkpoint (`mmtok fit-codec --out` writes config.json with model.safetensors); "
+                                "restore config.json or fit the codec again")
         if not (path / "config.json").is_file():
             known = ", ".join(manager.names("pretrained")) or "none installed"
             raise RegistryError(f"checkpoint {ref!r} is neither an installed pretrained codec "

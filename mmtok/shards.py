@@ -26,18 +26,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmtok.errors import MmtokError
-from mmtok.io import atomic_write, read_json, write_json
+from mmtok.io import DamagedFileError, atomic_write, open_safetensors, read_json, write_json
 from mmtok.model.config import StreamSpec
 from mmtok.tokens import TokenBatch, TokenStream
 
-__all__ = ["INDEX", "TokenShards", "held_out", "merge_statistics", "shard_name", "tensor_names",
-           "write_shard"]
+__all__ = ["INDEX", "TokenShards", "check_shard", "file_sha256", "held_out", "merge_statistics",
+           "shard_name", "tensor_names", "write_shard"]
 
 INDEX = "index.json"
+RESUME_HINT = "re-run the same `mmtok encode` with --resume: it re-verifies every shard and re-encodes damaged ones"
+_INDEX_KEYS = {"streams", "shards", "samples"}
+_STREAM_KEYS = {"modality", "codec", "fingerprint", "vocab_size", "grid", "num_tokens"}
+_SAMPLE_KEYS = {"id", "shard", "row", "streams"}
 
 
 def shard_name(i: int) -> str:
@@ -66,9 +69,18 @@ def _statistics(stream: TokenStream) -> dict:
     return stats
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_shard(directory: Path, i: int, streams: Mapping[str, TokenStream], sidecar: dict) -> None:
     """Write shard ``i`` (every stream has one row per sample): the safetensors file first, then
-    its JSON sidecar (``sidecar`` + per-stream ``statistics``), which marks the shard complete."""
+    its JSON sidecar (``sidecar`` + per-stream ``statistics`` + the file's ``sha256``), which marks
+    the shard complete."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -76,9 +88,32 @@ def write_shard(directory: Path, i: int, streams: Mapping[str, TokenStream], sid
         tokens_name, present_name = tensor_names(key, s.is_discrete)
         tensors[tokens_name] = (s.ids.to(torch.int32) if s.is_discrete else s.values.float()).contiguous()
         tensors[present_name] = s.present.contiguous()
-    atomic_write(directory / f"{shard_name(i)}.safetensors", lambda p: save_file(tensors, str(p)))
+    path = directory / f"{shard_name(i)}.safetensors"
+    atomic_write(path, lambda p: save_file(tensors, str(p)))
     write_json(directory / f"{shard_name(i)}.json",
-               {**sidecar, "statistics": {k: _statistics(s) for k, s in streams.items()}})
+               {**sidecar, "sha256": file_sha256(path),
+                "statistics": {k: _statistics(s) for k, s in streams.items()}})
+
+
+def check_shard(directory: Path, i: int) -> str | None:
+    """Why finished shard ``i`` of ``directory`` cannot be trusted (None: it can): a sidecar that is
+    torn or lacks keys, a safetensors file that is missing, damaged or not the one the sidecar
+    was written for (its sha256)."""
+    side_path = Path(directory) / f"{shard_name(i)}.json"
+    try:
+        side = read_json(side_path)
+    except MmtokError as err:
+        return str(err)
+    if not isinstance(side, dict) or not {"samples", "skipped", "statistics", "sha256"} <= set(side):
+        return f"{side_path}: incomplete shard sidecar"
+    path = Path(directory) / f"{shard_name(i)}.safetensors"
+    try:
+        open_safetensors(path, "token shard")
+    except DamagedFileError as err:
+        return str(err)
+    if file_sha256(path) != side["sha256"]:
+        return f"{path}: token shard is not the file its sidecar describes (sha256 differs)"
+    return None
 
 
 def merge_statistics(sidecars: Sequence[dict], info: Mapping[str, dict]) -> dict[str, dict]:
@@ -115,6 +150,7 @@ class TokenShards:
             raise MmtokError(f"{self.dir}: no {INDEX}; not a finished `mmtok encode` output "
                              "(rerun with --resume to finish it)")
         self.index = read_json(self.dir / INDEX)
+        self._check_index()
         self.streams: dict[str, dict] = self.index["streams"]
         keys = list(streams) if streams is not None else sorted(self.streams)
         unknown = [k for k in keys if k not in self.streams]
@@ -122,6 +158,12 @@ class TokenShards:
             raise MmtokError(f"{self.dir}: no stream(s) {unknown}; it has {sorted(self.streams)}")
         self.keys = keys
         self.files = [self.dir / s for s in self.index["shards"]]
+        for f in self.files:
+            if not f.is_file():
+                raise DamagedFileError(f"{f}: token shard named by {self.dir / INDEX} is missing; {RESUME_HINT}")
+        self._rows = [0] * len(self.files)
+        for s in self.index["samples"]:
+            self._rows[s["shard"]] += 1
         wanted = set(keys)
         self.samples = [s for s in self.index["samples"] if wanted & set(s["streams"])]
         self.sample_ids = [s["id"] for s in self.samples]
@@ -131,6 +173,38 @@ class TokenShards:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def _check_index(self) -> None:
+        """Every key reading needs, in the index and each of its streams and samples."""
+        where = self.dir / INDEX
+        index = self.index
+        if not isinstance(index, dict) or _INDEX_KEYS - set(index):
+            missing = sorted(_INDEX_KEYS - set(index)) if isinstance(index, dict) else sorted(_INDEX_KEYS)
+            raise DamagedFileError(f"{where}: not a complete encode index (lacks {missing}); {RESUME_HINT}")
+        for key, info in index["streams"].items():
+            if not isinstance(info, dict) or _STREAM_KEYS - set(info):
+                raise DamagedFileError(f"{where}: stream {key!r} lacks {sorted(_STREAM_KEYS - set(info or {}))}; "
+                                       f"{RESUME_HINT}")
+        n = len(index["shards"])
+        for s in index["samples"]:
+            if not isinstance(s, dict) or _SAMPLE_KEYS - set(s) or not 0 <= s["shard"] < n:
+                raise DamagedFileError(f"{where}: damaged sample entry {str(s)[:120]}; {RESUME_HINT}")
+
+    def verify(self) -> None:
+        """Open every shard (header, names, dtypes, shapes checked against the index) and check that
+        every discrete stream's ids lie in its vocabulary: a damaged folder fails here, when it is
+        opened, not at whatever step a batch or a mask first touches the bad rows."""
+        for shard in range(len(self.files)):
+            f = self._file(shard)
+            for key in self.keys:
+                vocab = self.streams[key]["vocab_size"]
+                if vocab is None or not self._rows[shard]:
+                    continue
+                ids = f.get_tensor(tensor_names(key, True)[0])
+                lo, hi = int(ids.min()), int(ids.max())
+                if lo < 0 or hi >= vocab:
+                    raise DamagedFileError(f"{self.files[shard]}: stream {key!r} has token ids in [{lo}, {hi}], "
+                                           f"outside its vocabulary [0, {vocab}); {RESUME_HINT}")
 
     def specs(self) -> dict[str, StreamSpec]:
         """The model's view of each selected stream (continuous widths read from the first shard)."""
@@ -160,8 +234,29 @@ class TokenShards:
         if os.getpid() != self._pid:  # forked into a DataLoader worker: open our own handles
             self._handles, self._pid = {}, os.getpid()
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.files[shard]), "pt")
+            f = open_safetensors(self.files[shard], "token shard", RESUME_HINT)
+            self._check_tensors(shard, f)
+            self._handles[shard] = f
         return self._handles[shard]
+
+    def _check_tensors(self, shard: int, f) -> None:
+        """The shard's header against the index: every stream's tensors, dtypes and shapes
+        (``<key>/ids`` I32 (n, T), ``<key>/values`` F32 (n, T, d), ``<key>/present`` BOOL (n,))."""
+        n, names = self._rows[shard], set(f.keys())
+        for key, info in self.streams.items():
+            tokens, present = tensor_names(key, info["vocab_size"] is not None)
+            T = info["num_tokens"]
+            wanted = {present: ("BOOL", [n]), tokens: ("I32", [n, T]) if tokens.endswith("/ids") else ("F32", [n, T])}
+            for name, (dtype, shape) in wanted.items():
+                if name not in names:
+                    raise DamagedFileError(f"{self.files[shard]}: token shard has no tensor {name!r}; {RESUME_HINT}")
+                sl = f.get_slice(name)
+                found = (sl.get_dtype(), list(sl.get_shape()))
+                found_shape = found[1][:2] if name.endswith("/values") else found[1]
+                if found[0] != dtype or found_shape != shape or (name.endswith("/values") and len(found[1]) != 3):
+                    want = shape + (["d"] if name.endswith("/values") else [])
+                    raise DamagedFileError(f"{self.files[shard]}: tensor {name!r} is {found[0]} {found[1]}, the "
+                                           f"index expects {dtype} {want}; {RESUME_HINT}")
 
     def batch(self, indices: Sequence[int]) -> TokenBatch:
         """The samples ``indices`` (positions in `samples`), in that order, every selected stream."""

@@ -3,9 +3,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 # each test sees the installed plugins freshly loaded and torch seeded: `mmtok.testing.fresh_plugins`,
-# turned on for every test by pyproject.toml's `usefixtures`
+# turned on for every test by pyproject.toml's `usefixtures`; hypothesis draws the same examples
+# every run (derandomize: seeded from each test), and keeps no example database between runs
+settings.register_profile("mmtok", derandomize=True, database=None)
+settings.load_profile("mmtok")
 
 DATA = Path(__file__).parent / "data"
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import mmtok
-from mmtok.codecs import SpectrumCodec, TableCodec
+from mmtok.codecs import CategoricalCodec, ScalarCodec, SpectrumCodec, TableCodec
 from mmtok.modalities import Scalars, Spectrum
 from mmtok.testing import ConformanceError, check_codec, check_modality, check_plugin
 from mmtok.tokens import TokenStream
@@ -198,3 +198,71 @@ class SilentlyCrops(SpectrumCodec):
 def test_kit_fails_a_codec_that_silently_accepts_a_wrong_shape():
     with pytest.raises(ConformanceError, match="without error"):
         check_codec(spectrum_codec(SilentlyCrops))
+
+
+# --------------------------------------------------------------------- decode round trip, tied values
+def scalar_codec(cls=ScalarCodec, bins=16):
+    return cls({"modality": "scalars", "columns": 4, "num_bins": bins}, modality=Scalars)
+
+
+class ZerosDecode(ScalarCodec):
+    """Decodes every stream to zeros: right shape, finite, and unrelated to the ids."""
+
+    def values(self, ids):
+        return torch.zeros(ids.shape)
+
+
+class ZerosSpectrumDecoder(SpectrumCodec):
+    """A network whose decoder ignores the codes."""
+
+    def _decode(self, z_q):
+        return torch.zeros(z_q.shape[0], 1, self.config.size[0])
+
+
+class FirstColumnOnly(ScalarCodec):
+    """Decodes every column from the first column's id: depends on the ids, but not as they say."""
+
+    def values(self, ids):
+        return super().values(ids[:, :1].expand_as(ids))
+
+
+class TrustsAnyId(ScalarCodec):
+    """Checks the stream's grid but not its ids: a bad id ends in a raw torch error."""
+
+    def check_stream(self, stream):
+        if tuple(stream.grid) != tuple(self.grid):
+            raise mmtok.CodecError(f"grid {stream.grid} != {self.grid}")
+
+
+class QuantileIgnoringTies(ScalarCodec):
+    """The quantile codec before issue 14: tied values silently share a token."""
+
+    def check_merged_bins(self, x, ids, names=None):
+        pass
+
+
+CONTINUOUS = {"modality": "spectrum", "channels": 1, "size": [128], "patch": [8], "quantizer": {"kind": "continuous"}}
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: scalar_codec(ZerosDecode), "different ids but decode to the same 'values'"),
+    (lambda: spectrum_codec(ZerosSpectrumDecoder), "different ids but decode to the same 'values'"),
+    (lambda: ZerosSpectrumDecoder(CONTINUOUS, modality=Spectrum), "other continuous tokens .* decode to the same"),
+    (lambda: scalar_codec(FirstColumnOnly), r"encode\(decode\(encode\(x\)\)\) gives back only \d+% of the ids"),
+    (lambda: scalar_codec(TrustsAnyId), "an id of -1 raised a raw"),
+], ids=["zeros-quantile", "zeros-network", "zeros-continuous", "first-column-only", "no-id-check"])
+def test_kit_fails_a_decode_that_does_not_follow_the_ids(build, match):
+    with pytest.raises(ConformanceError, match=match):
+        check_codec(build())
+
+
+def test_the_unbroken_codecs_of_these_failures_pass():
+    check_codec(scalar_codec())
+    check_codec(spectrum_codec())
+
+
+def test_kit_fails_a_quantile_codec_that_collapses_tied_values_and_passes_the_categorical_codec():
+    with pytest.raises(ConformanceError, match="tied values silently collapse"):
+        check_codec(scalar_codec(QuantileIgnoringTies, bins=64))
+    check_codec(scalar_codec(bins=64))  # refuses the tied data at fit: passes
+    check_codec(CategoricalCodec({"modality": "scalars", "columns": 4}, modality=Scalars))  # keeps them apart

@@ -139,7 +139,8 @@ def test_validate_reports_every_problem_once_per_line(corpus):
 
 def test_validate_reports_a_codec_that_cannot_be_built_once(corpus):
     """A stream whose checkpoint is missing is one problem, before the samples' problems, not one
-    per sample; a shape another stream's codec can't take is still one problem per sample."""
+    per sample; a shape another stream's codec can't take is a problem of each such sample, and
+    the samples that share it word for word are one line with their count."""
     root, env = corpus
     np.save(root / "data" / "big.npy", np.zeros((5, 16, 16), np.float32))  # a FiveBand, not 8 x 8
     (root / "broken.yaml").write_text(textwrap.dedent("""
@@ -163,10 +164,11 @@ def test_validate_reports_a_codec_that_cannot_be_built_once(corpus):
     assert lines[0] == hits[0] and lines[0].startswith("broken.yaml: stream 'tok_vitals' (vital_signs): ")
     assert f"skipped for the {len(GOOD)} sample(s) with vital_signs" in lines[0]
     shape = [line for line in lines if line.startswith("many.json: ")]
-    assert [line.split(",")[0] for line in shape] == ["many.json: sample 'big0'", "many.json: sample 'big1'"]
-    assert all("five_band: " in line and "(5, 16, 16)" in line for line in shape), shape
+    assert len(shape) == 1 and shape[0].startswith("many.json: 2 samples ('big0', 'big1'), five_band: "
+                                                   "stream 'tok_five': "), shape
+    assert "(5, 16, 16)" in shape[0]
     assert lines[-1] == f"1 problem(s) in broken.yaml, 2 problem(s) in {len(GOOD) + 2} samples"
-    assert len(lines) == 4
+    assert len(lines) == 3
 
 
 def test_encode_fail_stops_with_one_line(corpus):
@@ -270,3 +272,152 @@ def test_symlinks_cannot_escape_the_manifest_folder(tmp_path):
         {"id": "c", "modalities": {"scalars": "data/../../outside.npy"}}]}))
     problems = [str(p) for p in Manifest.load(root / "manifest.json").validate()]
     assert len(problems) == 3 and all("escapes the manifest's folder" in p for p in problems), problems
+
+
+# ---------------------------------------------------------------------------- real chest X-rays
+XRAY_GOOD = [f"x{i}" for i in range(6)]
+
+
+@pytest.fixture
+def xrays(tmp_path):
+    """Real PneumoniaMNIST images (tests/data), one .npy per sample as float32 in [0, 1], an
+    `image-patch` codec fitted on them (28 x 28, 7 x 7 patches) and a registry with a second
+    stream (vital signs) that none of these samples has."""
+    from pathlib import Path
+
+    with np.load(Path(__file__).parent / "data" / "pneumoniamnist_subset.npz") as d:
+        images = d["train_images"][:16]  # uint8 (16, 28, 28)
+    root = tmp_path / "xrays"
+    (root / "data").mkdir(parents=True)
+    for sid, img in zip(XRAY_GOOD, images):
+        np.save(root / "data" / f"{sid}.npy", (img / 255).astype(np.float32)[None])
+    codec = mmtok.get_plugin_manager().build_codec("image-patch", {"channels": 1, "size": [28, 28], "patch": [7, 7]})
+    train = codec.modality(flux=torch.tensor(images[:, None] / 255, dtype=torch.float32))
+    mmtok.fit_codec(codec, train, steps=3, progress=False)
+    codec.save_pretrained(root / "codecs" / "xray")
+    (root / "registry.yaml").write_text(textwrap.dedent("""
+        streams:
+          tok_xray: {modality: image, codec: image-patch, vocab_size: 1000, num_tokens: 16, checkpoint: codecs/xray,
+                     config: {channels: 1, size: [28, 28], patch: [7, 7]}}
+          tok_vitals: {modality: vital_signs, codec: vitals-quantile, vocab_size: 64, num_tokens: 1,
+                       checkpoint: tabular/diabetes-vitals-quantile}
+    """))
+
+    def write_manifest(name, sids):
+        samples = [{"id": sid, "modalities": {"image": f"data/{sid}.npy"}} for sid in sids]
+        (root / name).write_text(json.dumps({"samples": samples}))
+
+    return root, images, write_manifest
+
+
+def _main(args, capsys):
+    from mmtok.cli import main
+
+    rc = main(args)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out, err
+
+
+def test_validate_and_encode_agree_on_int_and_bool_files(xrays, capsys):
+    """An int32 or a bool copy of a real image where float flux is expected: `validate` refuses
+    it, and `encode` refuses it too, with the same words (checked per sample before batching;
+    concatenation with float samples would have promoted it)."""
+    root, images, write_manifest = xrays
+    np.save(root / "data" / "as_int.npy", images[6][None].astype(np.int32))
+    np.save(root / "data" / "as_bool.npy", (images[7] > 127)[None])
+    sids = [*XRAY_GOOD[:3], "as_int", *XRAY_GOOD[3:], "as_bool"]  # one batch of 8 in the old encode
+    write_manifest("manifest.json", sids)
+    manifest = root / "manifest.json"
+    rc, _, err = _main(["validate", str(manifest)], capsys)
+    assert rc == 1 and len(err.splitlines()) == 3, err
+    validated = {p.sample: p.reason for p in Manifest.load(manifest).validate()}
+    assert set(validated) == {"as_int", "as_bool"}
+    assert "Image.flux: expected Float" in validated["as_int"] and "found int64 tensor" in validated["as_int"]
+    assert "found bool tensor" in validated["as_bool"]
+    args = ["encode", str(manifest), "--registry", str(root / "registry.yaml"), "--quiet", "--batch-size", "8"]
+    rc, _, err = _main([*args, "--out", str(root / "fail")], capsys)
+    assert rc == 1 and err == f"mmtok: sample 'as_int', image: {validated['as_int']}\n"
+    rc, out, err = _main([*args, "--out", str(root / "skip"), "--on-error", "skip"], capsys)
+    assert rc == 0, err
+    index = json.loads((root / "skip" / "index.json").read_text())
+    assert {s["id"]: s["problems"] for s in index["skipped"]} == {
+        sid: [{"key": "image", "reason": reason}] for sid, reason in validated.items()}
+    assert [s["id"] for s in index["samples"]] == XRAY_GOOD
+    assert err.splitlines() == [f"skipped sample {sid!r}, image: {validated[sid]}" for sid in ("as_int", "as_bool")]
+
+
+def test_skip_covers_a_codec_refusing_a_sample_and_nothing_encoded_fails(xrays, capsys):
+    """`--on-error skip` skips the samples a codec refuses (real images cropped to 24 x 24 for a
+    28 x 28 codec), keeps the others with the tokens they get alone, reports the stream nobody has
+    as empty and the shared reason once; a run that encodes nothing exits 1 and says why."""
+    root, images, write_manifest = xrays
+    for i in range(2):
+        np.save(root / "data" / f"crop{i}.npy", (images[8 + i, :24, :24] / 255).astype(np.float32)[None])
+    write_manifest("manifest.json", [*XRAY_GOOD[:2], "crop0", *XRAY_GOOD[2:], "crop1"])
+    registry = str(root / "registry.yaml")
+    args = ["encode", str(root / "manifest.json"), "--registry", registry, "--quiet"]
+    rc, _, err = _main([*args, "--out", str(root / "fail")], capsys)
+    assert rc == 1 and err.count("\n") == 1
+    assert err.startswith("mmtok: sample 'crop0', image: stream 'tok_xray': ") and "(1, 24, 24)" in err
+    rc, out, err = _main([*args, "--out", str(root / "skip"), "--on-error", "skip"], capsys)
+    assert rc == 0, err
+    index = json.loads((root / "skip" / "index.json").read_text())
+    assert [s["id"] for s in index["samples"]] == XRAY_GOOD
+    assert [s["id"] for s in index["skipped"]] == ["crop0", "crop1"]
+    assert "| tok_vitals | 0 | 0 | empty |" in out and "| tok_xray | 6 | 96 |" in out
+    assert err.count("\n") == 1 and err.startswith("skipped 2 samples ('crop0', 'crop1'), image: stream 'tok_xray': ")
+    codec = mmtok.Registry.load(registry).codec("tok_xray")
+    shards = mmtok.TokenShards(root / "skip")
+    for sid in XRAY_GOOD:
+        alone = codec.encode(codec.modality(flux=torch.tensor(np.load(root / "data" / f"{sid}.npy"))[None]))
+        assert torch.equal(shards.stream(sid, "tok_xray").ids, alone.ids)
+    # nothing left to encode: a non-zero exit with the reason, not an empty success
+    write_manifest("crops.json", ["crop0", "crop1"])
+    rc, _, err = _main(["encode", str(root / "crops.json"), "--registry", registry, "--quiet", "--on-error", "skip",
+                        "--out", str(root / "none")], capsys)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith("mmtok: nothing was encoded: all 2 sample(s) were skipped: 2 samples ('crop0', 'crop1'), "
+                          "image: stream 'tok_xray': ")
+
+
+def test_a_table_wide_problem_is_one_line_with_a_count(tmp_path, capsys):
+    """The real clinic example with the table's `bp` column deleted: validate, encode --on-error
+    skip and fit-codec report it once, with the table and the 294 samples affected, not 294 lines
+    that blame the first sample."""
+    import csv
+    import shutil
+    from pathlib import Path
+
+    clinic = tmp_path / "clinic"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "clinic", clinic)
+    rows = list(csv.reader((clinic / "data" / "patients.csv").open()))
+    j = rows[0].index("bp")
+    with (clinic / "data" / "patients.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([r[:j] + r[j + 1:] for r in rows])
+    manifest, registry = str(clinic / "manifest.json"), str(clinic / "registry.yaml")
+    problem = ("294 samples ('p001', 'p002', 'p004' and 291 more), vital_signs: table 'patients' "
+               "(data/patients.csv): VitalSigns: missing column(s) ['bp']; needs ['bp'], found ")
+    rc, _, err = _main(["validate", manifest, "--registry", registry], capsys)
+    assert rc == 1 and err.splitlines()[0].startswith(f"{manifest}: {problem}")
+    assert err.splitlines()[1:] == ["294 problem(s) in 442 samples"]
+    rc, out, err = _main(["encode", manifest, "--registry", registry, "--out", str(tmp_path / "t"), "--quiet",
+                          "--on-error", "skip"], capsys)
+    assert rc == 0 and err.count("\n") == 1 and err.startswith(f"skipped {problem}"), err
+    assert "| tok_vitals | 0 | 0 | empty |" in out
+    rc, _, err = _main(["fit-codec", manifest, "--registry", registry, "--stream", "tok_vitals",
+                        "--out", str(tmp_path / "c"), "--quiet"], capsys)
+    assert rc == 1 and err.count("\n") == 1 and err.startswith(f"{manifest}: {problem}"), err
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"samples": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply to parse"),
+    ('{"samples": [{"id": "a", "modalities": {"scalars": "a\\u0000b.npy"}}]}', "sample 'a', scalars: path "
+     "'a\\x00b.npy' contains a NUL byte"),
+])
+def test_hostile_manifests_are_one_line(tmp_path, capsys, text, words):
+    (tmp_path / "manifest.json").write_text(text)
+    rc, _, err = _main(["validate", str(tmp_path / "manifest.json")], capsys)
+    assert rc == 1 and words in err.splitlines()[0], err
+    with pytest.raises(ManifestError, match="NUL byte|embedded null"):
+        Manifest.load(tmp_path / "manifest\0.json")

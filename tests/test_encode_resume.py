@@ -52,12 +52,42 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     same_tree(reference, out)
 
 
+# `mmtok encode`, with every shard write recorded in $SHARD_LOG/rank-$RANK (run by torchrun)
+RECORDING_ENCODE = """
+import os
+import sys
+
+import mmtok.encode
+from mmtok.cli import main
+
+write = mmtok.encode.write_shard
+
+
+def write_and_record(directory, i, *args):
+    with open(os.path.join(os.environ["SHARD_LOG"], "rank-" + os.environ["RANK"]), "a") as fh:
+        fh.write(f"{i}\\n")
+    write(directory, i, *args)
+
+
+mmtok.encode.write_shard = write_and_record
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_torchrun_two_ranks_equals_one_process(tmp_path):
+    """The merged output equals the single-process one, and each rank wrote its own shards
+    (rank r: r, r + 2, ...), each shard once."""
     single = tmp_path / "single"
     encode(single)
     multi = tmp_path / "multi"
+    script, log = tmp_path / "recording_encode.py", tmp_path / "log"
+    script.write_text(RECORDING_ENCODE)
+    log.mkdir()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "mmtok.cli", *ARGS, "--out", str(multi)],
-                         capture_output=True, text=True, timeout=600)
+                          "--nproc_per_node=2", str(script), *ARGS, "--out", str(multi)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "SHARD_LOG": str(log)})
     assert run.returncode == 0, run.stderr[-3000:]
     same_tree(single, multi)
+    n = len(list((single / "shards").glob("*.json")))
+    written = {r: [int(line) for line in (log / f"rank-{r}").read_text().split()] for r in (0, 1)}
+    assert n == 221 and written == {0: list(range(0, n, 2)), 1: list(range(1, n, 2))}, written

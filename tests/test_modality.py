@@ -91,6 +91,21 @@ def test_collate_refuses_different_shapes_and_metadata():
         Cube.collate([make(1), other])
 
 
+def test_collate_refuses_different_dtypes_instead_of_promoting():
+    """An int sample built under deferred checks, collated with float ones: concatenation would
+    make a valid float batch of it; collate refuses, and the sample alone fails its check."""
+    from mmtok.modality import deferred_checks
+
+    with deferred_checks():
+        ints = Cube(flux=torch.ones(1, 5, 4, 6, dtype=torch.int32), labels=torch.zeros(1, 4, 6, dtype=torch.long))
+    with pytest.raises(ModalityError, match=r"field 'flux' has different dtypes \['float32', 'int32'\]"):
+        Cube.collate([make(1), ints, make(1)])
+    with pytest.raises(ModalityError, match="expected Float"):
+        ints.check()
+    with pytest.raises(ModalityError, match="different dtypes"):
+        Cube.collate([make(1), make(1).replace(flux=torch.randn(1, 5, 4, 6, dtype=torch.float64))])
+
+
 def test_from_arrays_names_the_sample():
     m = Cube.from_arrays({"flux": np.ones((5, 2, 2)), "labels": np.ones((2, 2), np.int32)})
     assert m.flux.dtype == torch.float32 and m.labels.dtype == torch.long and len(m) == 1

@@ -41,13 +41,19 @@ GOOD = """
 """
 BROKEN = "raise ImportError('this plugin needs libfoo, which is not installed')\n"
 CLASH = """
+    from dataclasses import dataclass
+    from typing import ClassVar
     from mmtok import hookimpl, CodecSpec
-    from mmtok.modalities import Image
+    from mmtok.modalities import Image as _Image
     from mmtok.codecs import ImageCodec
+
+    @dataclass(frozen=True, eq=False)
+    class Image(_Image):
+        name: ClassVar[str] = "image"   # 'image' is already provided by mmtok itself
 
     @hookimpl
     def mmtok_modalities():
-        return [Image]          # 'image' is already provided by mmtok itself
+        return [Image, _Image]  # its own 'image' clashes; mmtok's own class again is no clash
 
     @hookimpl
     def mmtok_codecs():
@@ -80,13 +86,17 @@ def test_failures_are_isolated_and_reported(site):
     assert info["goodplug"].package == "mmtok-plugin-good"
     assert "libfoo" in info["brokenplug"].errors[0] and "ImportError" in info["brokenplug"].errors[0]
     clash = info["clashplug"]
-    assert any("'image' is already provided by plugin 'mmtok'" in e for e in clash.errors)
+    assert [e for e in clash.errors if "'image'" in e] == [
+        f"modality 'image' is also provided by plugin 'mmtok'; mmtok uses neither until one is disabled "
+        f"({DISABLE_ENV}=clashplug)"]
     assert clash.provides["codecs"] == ["image-patch-alt"]  # the rest of it still works
     assert "bad config table" in info["hookplug"].errors[0]
-    # everything that loaded works
+    # everything that loaded works; the contested name is refused, naming both plugins
     codec = manager.build_codec("pressure-fsq")
     assert codec.modality.name == "pressure"
-    assert manager.modality("image") is mmtok.modalities.Image
+    with pytest.raises(PluginError, match=rf"modality 'image' is provided by 2 plugins: 'mmtok' .*'clashplug' "
+                                          rf"\(mmtok-plugin-clash 0.3.0\).*{DISABLE_ENV}=clashplug \(keeps 'mmtok'\)"):
+        manager.modality("image")
 
 
 def test_disable_by_environment(site, monkeypatch):
@@ -188,3 +198,152 @@ def test_a_broken_command_plugin_does_not_stop_help_or_version(capsys):
     assert "needs libbar" in capsys.readouterr().err
     assert main(["bar"], manager=manager) == 2
     assert "mmtok bar: error: plugin 'broken' is broken" in capsys.readouterr().err
+
+
+def _provider(tag: str):
+    """A plugin object providing one thing of every kind, all under the same names."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from mmtok.codecs import TableCodec
+    from mmtok.modalities import Columns
+
+    @dataclass(frozen=True, eq=False)
+    class Reading(Columns):
+        name: ClassVar[str] = "reading"
+
+    def read(path):
+        return {"values": tag}
+
+    class Plugin:
+        @mmtok.hookimpl
+        def mmtok_modalities(self):
+            return [Reading]
+
+        @mmtok.hookimpl
+        def mmtok_codecs(self):
+            return [mmtok.CodecSpec("reading-fsq", "reading", TableCodec, {"columns": 2})]
+
+        @mmtok.hookimpl
+        def mmtok_readers(self):
+            return [mmtok.ReaderSpec(f"reader-{tag}", (".rdg",), read), mmtok.ReaderSpec("rdg", (".rd2",), read)]
+
+        @mmtok.hookimpl
+        def mmtok_heads(self):
+            return [mmtok.HeadSpec("reading-head", lambda **kw: None)]
+
+        @mmtok.hookimpl
+        def mmtok_bundles(self):
+            return [mmtok.BundleSpec("reading-bundle", ("tok_reading",))]
+
+        @mmtok.hookimpl
+        def mmtok_sample_checks(self):
+            return [mmtok.SampleCheckSpec("reading-check", ("reading",), lambda m: None)]
+
+        @mmtok.hookimpl
+        def mmtok_commands(self):
+            return [mmtok.CommandSpec("reading", help=tag, configure=lambda p: p.set_defaults(func=lambda a: 0))]
+
+    return Plugin()
+
+
+@pytest.mark.parametrize("order", [("alpha", "beta"), ("beta", "alpha")])
+def test_a_name_two_plugins_provide_is_refused_everywhere_naming_both(order, capsys):
+    """Two plugins providing the same modality / codec / reader / head / bundle / sample check /
+    command name, or two readers the same suffix: whichever registers first, every lookup of the
+    name refuses, naming both plugins and the variable that disables one; both list the conflict."""
+    from mmtok.cli import main
+
+    manager = PluginManager(entrypoints=False)
+    for tag in order:
+        manager.register(_provider(tag), tag)
+    both = r"provided by 2 plugins: '(alpha|beta)' .*'(alpha|beta)' .*MMTOK_DISABLE_PLUGINS=(alpha|beta) \(keeps"
+    for lookup in (lambda: manager.modality("reading"), lambda: manager.codec_spec("reading-fsq"),
+                   lambda: manager.build_codec("reading-fsq"), lambda: manager.codec_class("reading-fsq"),
+                   lambda: manager.reader("rdg"), lambda: manager.reader_for("x.rd2"),
+                   lambda: manager.head("reading-head"), lambda: manager.bundle("reading-bundle"),
+                   manager.sample_checks):
+        with pytest.raises(PluginError, match=both):
+            lookup()
+    with pytest.raises(PluginError, match=r"'\.rdg' are claimed by the readers 'reader-(alpha|beta)' \(plugin "):
+        manager.reader_for("data/x.rdg")
+    assert main(["reading", "--shout", "x"], manager=manager) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mmtok: command 'reading' is provided by 2 plugins")
+    for tag in order:
+        errors = manager.info[tag].errors
+        assert len(errors) == 7 and all("MMTOK_DISABLE_PLUGINS=" in e for e in errors), errors
+    # the same object from two plugins is no conflict; disabling one plugin resolves every name
+    manager = PluginManager(entrypoints=False, disabled={order[1]})
+    for tag in order:
+        manager.register(_provider(tag), tag)
+    manager.register(type("Again", (), {"mmtok_modalities": mmtok.hookimpl(
+        lambda self: [manager.modality("reading")])})(), "again")
+    assert manager.modality("reading").name == "reading" and manager.info["again"].ok
+    assert manager.reader_for("x.rdg").name == f"reader-{order[0]}" and len(manager.sample_checks()) == 1
+
+
+REPLACER = """
+    from dataclasses import dataclass
+    from typing import ClassVar
+    from mmtok import Columns, hookimpl
+
+    @dataclass(frozen=True, eq=False)
+    class OtherVitals(Columns):
+        name: ClassVar[str] = "vital_signs"     # mmtok-plugin-tabular's name
+        columns: ClassVar[tuple[str, ...]] = ("bp",)
+
+    @hookimpl
+    def mmtok_modalities():
+        return [OtherVitals]
+"""
+
+
+def test_a_plugin_cannot_take_over_another_plugins_modality_on_the_clinic_example(tmp_path, monkeypatch, capsys):
+    """A plugin whose entry point sorts before ``tabular`` provides ``vital_signs`` too: encode and
+    validate of the real clinic example refuse with one line naming both plugins (not a run with
+    other tokens, not one line per sample); disabling the newcomer restores the run."""
+    from pathlib import Path
+
+    from mmtok.cli import main
+
+    clinic = Path(__file__).resolve().parents[1] / "examples" / "clinic"
+    fake_dist(tmp_path, "mmtok-plugin-vitals", "avitals", REPLACER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(mmtok.plugins, "_MANAGER", None)
+    args = [str(clinic / "manifest.json"), "--registry", str(clinic / "registry.yaml")]
+    assert main(["encode", *args, "--out", str(tmp_path / "tokens"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "modality 'vital_signs' is provided by 2 plugins: 'avitals' " in err
+    assert "'tabular' (mmtok-plugin-tabular " in err and "MMTOK_DISABLE_PLUGINS=avitals (keeps 'tabular')" in err
+    assert not (tmp_path / "tokens" / "index.json").exists()
+    assert main(["validate", *args]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert sum("provided by 2 plugins" in line for line in lines) == 2, lines  # the stream, then the samples
+    assert lines[1].startswith(f"{clinic / 'manifest.json'}: 294 samples ('p001', 'p002', 'p004' and 291 more), "
+                               "vital_signs: modality 'vital_signs' is provided by 2 plugins"), lines
+    monkeypatch.setenv(DISABLE_ENV, "avitals")
+    monkeypatch.setattr(mmtok.plugins, "_MANAGER", None)
+    assert main(["validate", *args]) == 0
+
+
+def test_a_codec_folder_without_config_json_says_exactly_that(tmp_path):
+    """The shipped vitals codec with its config.json lost: loading it, or a registry pointing at
+    it, says the folder has no config.json (not 'neither a pretrained codec nor a directory')."""
+    import shutil
+
+    manager = PluginManager()
+    folder = tmp_path / "codecs" / "vitals"
+    shutil.copytree(manager.pretrained("tabular/diabetes-vitals-quantile").path, folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(mmtok.CodecError, match=r"codecs/vitals: not a codec checkpoint \(no config.json\)"):
+        manager.load_codec(folder)
+    (tmp_path / "registry.yaml").write_text(
+        "streams:\n  tok_vitals: {modality: vital_signs, codec: vitals-quantile, vocab_size: 64, num_tokens: 1, "
+        "checkpoint: codecs/vitals}\n")
+    registry = mmtok.Registry.load(tmp_path / "registry.yaml")
+    with pytest.raises(mmtok.RegistryError, match=r"checkpoint 'codecs/vitals': the folder .*codecs/vitals has no "
+                                                   r"config.json, so it is not a codec checkpoint"):
+        registry.codec("tok_vitals", manager)
+    problems = [str(p) for p in registry.check(manager)]
+    assert len(problems) == 1 and "has no config.json" in problems[0], problems

@@ -1,10 +1,13 @@
 """Property-based checks (hypothesis) of invariants the rest of mmtok relies on."""
 
+import warnings
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmtok.codecs.scalar import ScalarCodec
+from mmtok.errors import CodecError
 from mmtok.modalities import Scalars
 from mmtok.quantize import FSQConfig, build_quantizer
 from mmtok.tokens import TokenStream
@@ -24,7 +27,13 @@ def test_index_then_collate_is_identity(b, c, seed):
 def test_quantile_bins_are_monotone_and_decode_inside_the_data_range(values, k):
     x = torch.tensor(values, dtype=torch.float32).unsqueeze(1)
     q = ScalarCodec({"modality": "scalars", "columns": 1, "num_bins": k})
-    q.fit_statistics(Scalars(values=x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ties that only leave bins unused warn (tests/test_quantize.py)
+        try:
+            q.fit_statistics(Scalars(values=x))
+        except CodecError as err:  # only ties can merge distinct values into one token: refused
+            assert "tied values merge" in str(err) and len(set(values)) < len(values), err
+            return
     order = torch.argsort(x[:, 0])
     ids = q.bins(x)[:, 0]
     assert bool((ids[order].diff() >= 0).all())  # larger value -> same or later bin

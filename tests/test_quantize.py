@@ -1,10 +1,17 @@
-"""Quantizer adapters over vector-quantize-pytorch: one interface, the library's pitfalls handled."""
+"""Quantizer adapters over vector-quantize-pytorch: one interface, the library's pitfalls handled;
+quantile bins and tied values."""
+
+import csv
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from vector_quantize_pytorch import FSQ
 
+from mmtok.codecs import ScalarCodec
 from mmtok.errors import CodecError
+from mmtok.modalities import Scalars
 from mmtok.quantize import (ContinuousConfig, FSQConfig, LFQConfig, ResidualVQConfig, VQConfig,
                             build_quantizer)
 
@@ -95,3 +102,47 @@ def test_continuous_is_identity():
 def test_fsq_level_two_is_rejected_clearly():
     with pytest.raises(CodecError, match=">= 3"):
         build_quantizer(FSQConfig(levels=[2, 5]), 4)
+
+
+# --------------------------------------------------------------------- tied values in quantile bins
+def clinic_columns(*names) -> Scalars:
+    """Columns of the clinic example's 442 real patients."""
+    with open(Path(__file__).resolve().parents[1] / "examples" / "clinic" / "data" / "patients.csv") as f:
+        rows = list(csv.DictReader(f))
+    return Scalars(values=torch.tensor([[float(r[c]) for c in names] for r in rows]))
+
+
+def test_quantile_codec_refuses_tied_labels_and_warns_on_tied_bins(corn):
+    """The collapses of issue 14 are refused with a pointer to the categorical codec; a
+    continuous column whose ties leave many bins unused (the clinic's s4: half) is warned about,
+    one that loses a few (corn moisture: 62 of 64 bins) is not."""
+    def quantile(values, bins):
+        codec = ScalarCodec({"modality": "scalars", "columns": values.shape[1], "num_bins": bins})
+        codec.fit_statistics(Scalars(values=values))
+        return codec
+
+    sex = clinic_columns("sex").values  # 235 : 207, 442 patients
+    balanced = torch.tensor([0.0] * 51 + [1.0] * 50)[:, None]
+    eighty = torch.tensor([0.0] * 80 + [1.0] * 20)[:, None]
+    for values, bins in ((sex, 2), (balanced, 2), (eighty, 4)):
+        with pytest.raises(CodecError, match=r"column 0 has 2 distinct training values .* only 1 of "
+                                             rf"{bins} tokens.*'categorical' codec"):
+            quantile(values, bins)
+    assert quantile(sex, 16).encode(Scalars(values=sex)).ids.unique().tolist() == [8, 15]  # 2 values, 2 ids
+    with pytest.warns(UserWarning, match=r"column 3: tied training values merge quantile bins; its 66 distinct "
+                                         r"values use only 8 of 16 tokens"):
+        quantile(clinic_columns("s1", "s2", "s3", "s4").values, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantile(clinic_columns("bmi").values, 16)  # no ties that matter: silent
+        quantile(torch.tensor(corn["propvals"], dtype=torch.float32), 64)
+
+
+def test_quantile_edges_between_adjacent_floats_keep_them_apart():
+    """A bin edge between two distinct float32 values is rounded up, not onto the lower value
+    (which would put both in one bin, and be refused as if they were tied)."""
+    two = torch.tensor(2.0)
+    x = torch.stack([torch.tensor(0.0), torch.tensor(1.0), two, torch.nextafter(two, torch.tensor(3.0))])[:, None]
+    codec = ScalarCodec({"modality": "scalars", "columns": 1, "num_bins": 4})  # an edge 1/4 ulp above 2
+    codec.fit_statistics(Scalars(values=x))
+    assert codec.encode(Scalars(values=x)).ids[:, 0].tolist() == [0, 1, 2, 3]

@@ -2,6 +2,7 @@
 with two ranks against one, plugin heads, and the embed / impute commands."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,11 @@ import mmtok
 from mmtok.encode import encode_manifest
 from mmtok.hookspecs import HeadSpec
 from mmtok.train import TrainConfig, Trainer
+import mmtok_plugin_tabular  # noqa: F401 - the clinic registry's codecs
+
+from helpers import fake_dist
 
 CLINIC = Path(__file__).resolve().parents[1] / "examples" / "clinic"
-pytest.importorskip("mmtok_plugin_tabular")
 
 CONFIG = {"model": {"d_model": 32, "num_heads": 4, "encoder_depth": 2, "decoder_depth": 1},
           "masking": {"input_budget": 4, "target_budget": 3}, "batch_size": 16, "max_steps": 6,
@@ -58,14 +61,43 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tokens, tmp_path):
     assert not torch.equal(init["model.token_embedding.weight"], a["model.token_embedding.weight"])
 
 
+ROWS_HEAD = """
+    import torch
+    from mmtok import HeadSpec, hookimpl
+
+    class Rows(torch.nn.Module):
+        \"\"\"Adds 0 to the loss; reports how many samples this rank's batch holds.\"\"\"
+
+        def __init__(self, d_model, streams):
+            super().__init__()
+
+        def loss(self, features, batch):
+            self.rows = features.pooled.shape[0]
+            return features.pooled.sum() * 0.0
+
+        def metrics(self):
+            return {"rows": self.rows}
+
+    @hookimpl
+    def mmtok_heads():
+        return [HeadSpec("rank-rows", Rows)]
+"""
+
+
 def test_torchrun_two_ranks_match_one(tokens, tmp_path):
+    """Same losses and weights with two ranks as with one; the two-rank run really had two ranks
+    (its checkpoint says so) each training on half of every batch (a head reports rank 0's rows)."""
+    fake_dist(tmp_path, "mmtok-plugin-rows", "rowsplug", ROWS_HEAD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(json.dumps(CONFIG))  # JSON is YAML
+    cfg.write_text(json.dumps({**CONFIG, "heads": {"rows": {"head": "rank-rows"}}}))  # JSON is YAML
     base = ["-m", "mmtok.cli", "train", "--tokens", str(tokens), "--config", str(cfg), "--quiet"]
-    one = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    one = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          *base, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
+                          *base, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600,
+                         env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(l1) == len(l2) == 6
@@ -73,6 +105,12 @@ def test_torchrun_two_ranks_match_one(tokens, tmp_path):
     w1 = load_file(str(tmp_path / "one" / "checkpoints" / "step-000006" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "checkpoints" / "step-000006" / "model.safetensors"))
     assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    for run, world in (("one", 1), ("two", 2)):
+        state = json.loads((tmp_path / run / "checkpoints" / "step-000006" / "state.json").read_text())
+        assert state["world_size"] == world, (run, state)
+        records = map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+        rows = [r["head/rows/rows"] for r in records if "loss" in r]
+        assert rows == [CONFIG["batch_size"] // world] * 6, (run, rows)
 
 
 class VitalsPresentHead(nn.Module):
@@ -82,12 +120,13 @@ class VitalsPresentHead(nn.Module):
         super().__init__()
         self.stream = stream
         self.linear = nn.Linear(d_model, 1)
+        self.probe = nn.Parameter(torch.zeros(()))  # adds 0: its gradient is this head's weight in the total loss
 
     def loss(self, features, batch):
         target = batch[self.stream].present.float()
         logits = self.linear(features.pooled).squeeze(-1)
         self._accuracy = float(((logits > 0).float() == target).float().mean())
-        return nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return nn.functional.binary_cross_entropy_with_logits(logits, target) + self.probe
 
     def metrics(self) -> dict[str, float]:
         return {"accuracy": self._accuracy}
@@ -103,7 +142,10 @@ def test_a_plugin_head_is_trained_jointly(tokens, tmp_path):
     config = TrainConfig.model_validate({**CONFIG, "heads": {"vp": {"head": "vitals-present", "weight": 0.5}}})
     trainer = Trainer(tokens, tmp_path / "run", config, progress=False)
     before = trainer.module.heads["vp"].linear.weight.detach().clone()
+    grads = []  # d(total loss) / d(probe) of every step, before clipping: the configured weight
+    trainer.module.heads["vp"].probe.register_hook(lambda g: grads.append(float(g)))
     records = trainer.fit()
+    assert grads == [0.5] * 6
     assert all("head/vp" in r and 0 <= r["head/vp/accuracy"] <= 1 for r in records if "loss" in r)
     assert not torch.equal(before, trainer.module.heads["vp"].linear.weight)
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-000006" / "model.safetensors"))

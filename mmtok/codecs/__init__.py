@@ -1,9 +1,11 @@
 """Generic codec families that plugins configure or subclass."""
 
+from mmtok.codecs.categorical import CategoricalCodec, CategoricalCodecConfig
 from mmtok.codecs.patch import (ImageCodec, PatchCodec, PatchCodecConfig, SpectrumCodec,
                                 TimeSeriesCodec, VolumeCodec)
 from mmtok.codecs.scalar import ScalarCodec, ScalarCodecConfig
 from mmtok.codecs.table import TableCodec, TableCodecConfig
 
 __all__ = ["PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec",
-           "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig"]
+           "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig",
+           "CategoricalCodec", "CategoricalCodecConfig"]

@@ -3,12 +3,15 @@
 Each of the ``c`` columns of ``x: (b, c)`` becomes one token: the index of its bin among
 ``num_bins`` equal-probability bins of the training distribution. Decoding returns the mean of
 the training values in that bin. An exact codec: no network, no quantizer; the bin tables are
-fitted by `fit_statistics` (``mmtok.fit_codec`` calls it).
+fitted by `fit_statistics` (``mmtok.fit_codec`` calls it), which refuses tied values that would
+merge bins of a discrete column (use `CategoricalCodec` for discrete values and class labels)
+and warns when ties leave many bins of a continuous column unused.
 
     encode: x (b, c) -> ids (b, c) in [0, num_bins)
     decode: ids (b, c) -> x_hat (b, c)
 """
 
+import warnings
 from typing import ClassVar
 
 import torch
@@ -56,27 +59,62 @@ class ScalarCodec(Codec):
 
     @torch.no_grad()
     def fit_statistics(self, m: Modality) -> None:
+        """Fit each column's bin edges (quantiles) and bin means. Refuses tied values that would
+        merge distinct training values into one token although bins were free for them (a
+        discrete column or class label: use the exact ``categorical`` codec); warns when ties leave
+        more than a tenth of the bins of a continuous column unused."""
         x = self.preprocess(m).double()
         k = self.config.num_bins
         q = torch.linspace(0, 1, k + 1, dtype=x.dtype)[1:-1]
-        self.edges.copy_(torch.quantile(x, q, dim=0).T)
-        ids = self.bins(x.float())
+        edges = torch.quantile(x, q, dim=0).T
+        # float32 edges rounded up, never down: an edge between two values stays above the lower one
+        low = edges.float()
+        edges = torch.where(low.double() < edges, torch.nextafter(low, torch.tensor(float("inf"))), low)
+        ids = self.bins(x.float(), edges)
+        self.check_merged_bins(x, ids, getattr(m, "column_names", None))
+        centers = torch.empty(x.shape[1], k)
         for col in range(x.shape[1]):
             sums = torch.zeros(k, dtype=x.dtype).index_add_(0, ids[:, col], x[:, col])
             counts = torch.bincount(ids[:, col], minlength=k).to(x.dtype)
-            lo = torch.cat([x[:, col].min().view(1), self.edges[col].double()])
-            hi = torch.cat([self.edges[col].double(), x[:, col].max().view(1)])
-            self.centers[col] = torch.where(counts > 0, sums / counts.clamp_min(1), (lo + hi) / 2).float()
+            lo = torch.cat([x[:, col].min().view(1), edges[col].double()])
+            hi = torch.cat([edges[col].double(), x[:, col].max().view(1)])
+            centers[col] = torch.where(counts > 0, sums / counts.clamp_min(1), (lo + hi) / 2).float()
+        self.edges.copy_(edges)
+        self.centers.copy_(centers)
         self.fitted.fill_(True)
+
+    def check_merged_bins(self, x: Tensor, ids: Tensor, names: tuple[str, ...] | None = None) -> None:
+        """x (b, c) training values, ids (b, c) their bins. Per column, with ``d`` distinct values
+        and ``u`` bins used of ``num_bins``: ``u < min(d, num_bins)`` means tied values merged
+        bins. That is an error when the column is discrete (``d <= num_bins``: every value could
+        have had its own token) or collapses to one token; otherwise a warning when more than a
+        tenth of the bins are lost (fewer are visible in the fit report's codes used)."""
+        k = self.config.num_bins
+        for col in range(x.shape[1]):
+            values = torch.unique(x[:, col])
+            d, u = len(values), len(torch.unique(ids[:, col]))
+            if u >= min(d, k):
+                continue
+            what = f"{self.name}: column {col}" + (f" ({names[col]!r})" if names and col < len(names) else "")
+            shown = ", ".join(f"{v:g}" for v in values[:8].tolist()) + (", ..." if d > 8 else "")
+            if d <= k or u == 1:
+                raise CodecError(
+                    f"{what} has {d} distinct training values ({shown}) but tied values merge its "
+                    f"quantile bins: they get only {u} of {k} tokens, so different values would share a "
+                    "token; use the exact 'categorical' codec for discrete values and class labels")
+            if u < 0.9 * k:
+                warnings.warn(f"{what}: tied training values merge quantile bins; its {d} distinct values "
+                              f"use only {u} of {k} tokens (tokens stay valid but coarser than "
+                              f"num_bins={k} suggests)", stacklevel=2)
 
     def _require_fitted(self) -> None:
         if not bool(self.fitted):
             raise CodecError(f"{self.name}: quantile bins are not fitted; run mmtok.fit_codec "
                              "(or codec.fit_statistics) on real data first")
 
-    def bins(self, x: Tensor) -> Tensor:
-        """x (b, c) -> bin ids (b, c)."""
-        edges = self.edges.to(x.dtype)
+    def bins(self, x: Tensor, edges: Tensor | None = None) -> Tensor:
+        """x (b, c) -> bin ids (b, c) (with the fitted edges, or ``edges`` (c, num_bins - 1))."""
+        edges = (self.edges if edges is None else edges).to(x.dtype)
         return torch.stack([torch.bucketize(x[:, c].contiguous(), edges[c], right=True)
                             for c in range(x.shape[1])], dim=1)
 
@@ -92,7 +130,6 @@ class ScalarCodec(Codec):
 
     @eval_mode
     def decode(self, stream: TokenStream, **fields) -> Modality:
-        self.check_stream(stream)
         self._require_fitted()
         return self.modality(**{self.field: self.values(stream.ids), **fields})
 

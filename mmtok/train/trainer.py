@@ -27,8 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmtok.distributed import init_distributed, pick_device
-from mmtok.errors import MmtokError
-from mmtok.io import atomic_write, read_checkpoint, write_checkpoint
+from mmtok.errors import MmtokError, warn
+from mmtok.io import (DamagedFileError, OutputLock, atomic_write, checkpoint_folders, read_checkpoint, read_json,
+                      write_checkpoint)
 from mmtok.model import MaskSampler, MultimodalMaskedTransformer
 from mmtok.plugins import PluginManager, get_plugin_manager
 from mmtok.shards import TokenShards, held_out
@@ -61,6 +62,7 @@ class Trainer:
         if config.batch_size % self.dist.world:
             raise MmtokError(f"batch_size {config.batch_size} must be divisible by the {self.dist.world} ranks")
         self.data = TokenShards(tokens, config.streams)
+        self.data.verify()  # every shard's header and id range, before any step
         ids = self.data.sample_ids
         self.val_idx = [i for i, s in enumerate(ids) if held_out(s, config.val_fraction)]
         self.train_idx = [i for i, s in enumerate(ids) if not held_out(s, config.val_fraction)]
@@ -80,7 +82,8 @@ class Trainer:
             lr=config.optim.lr, betas=config.optim.betas, fused=True)  # one kernel per step, CPU and CUDA
         self.step = 0
         self._perm: tuple[int, list[int]] = (-1, [])
-        self._resume()
+        with self._lock():
+            self._resume()
         self.wrapped = self._wrap()
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.unigram = UnigramBaseline(self.model.layout, self.specs, self.data.batch, self.train_idx)
@@ -229,20 +232,31 @@ class Trainer:
         self.dist.barrier()
         return final
 
+    def _lock(self):
+        """The run folder's `OutputLock` (main rank only): one trainer writes a run at a time."""
+        return OutputLock(self.out, "train") if self.dist.main else contextlib.nullcontext()
+
     def _resume(self) -> None:
-        latest = self._ckpt_dir() / "latest.json"
         meta_path = self.out / "model.json"
         meta = {"streams": {k: s.model_dump() for k, s in self.specs.items()},
                 "model": self.config.model.model_dump()}
-        if latest.is_file():
-            old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-            if old is not None and json.loads(json.dumps(meta)) != old:
-                raise MmtokError(f"{self.out} holds a run with other streams or model size; "
-                                 "choose another --out")
-            name = json.loads(latest.read_text())["checkpoint"]
-            state = read_checkpoint(self._ckpt_dir() / name, self.module, self.optimizer, self.device)
+        if meta_path.is_file() and read_json(meta_path) != json.loads(json.dumps(meta)):
+            raise MmtokError(f"{self.out} holds a run with other streams or model size; choose another --out")
+        candidates = checkpoint_folders(self._ckpt_dir())
+        damaged = []
+        for folder in candidates:  # the newest intact checkpoint
+            try:
+                state = read_checkpoint(folder, self.module, self.optimizer, self.device)
+            except DamagedFileError as err:
+                damaged.append(str(err))
+                continue
+            if damaged:
+                warn(f"{'; '.join(damaged)}; resuming from the newest intact checkpoint, {folder.name}")
             self.step = state["step"]
             return
+        if damaged:
+            raise MmtokError(f"{self.out}: every checkpoint is damaged ({'; '.join(damaged)}); remove "
+                             f"{self._ckpt_dir()} to start the run over")
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
@@ -258,15 +272,33 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
 
     def _trim_metrics(self) -> None:
-        """A resumed run rewrites the steps after its checkpoint: drop them from the log."""
+        """A resumed run rewrites the steps after its checkpoint: drop them from the log. A torn
+        last line (a killed writer) is dropped with a message; a damaged line elsewhere is an error."""
         path = self.out / "metrics.jsonl"
         if not self.dist.main or not path.is_file():
             return
-        keep = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= self.step]
+        lines = path.read_text().splitlines()
+        keep = []
+        for n, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines):
+                    warn(f"{path}: dropped its torn last line ({line[:60]!r}), left by a killed run")
+                    continue
+                raise MmtokError(f"{path}: line {n} is not JSON ({line[:60]!r}); fix or remove the line") from None
+            if record.get("step", 0) <= self.step:
+                keep.append(line)
         atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in keep)))
 
     def fit(self, max_steps: int | None = None) -> list[dict]:
-        """Train until ``max_steps`` (default: the config's); returns the logged records."""
+        """Train until ``max_steps`` (default: the config's); returns the logged records. Stopping
+        early writes a checkpoint but logs and evaluates on the config's schedule only, so a run
+        stopped and resumed logs exactly what an uninterrupted one does."""
+        with self._lock():
+            return self._fit(max_steps)
+
+    def _fit(self, max_steps: int | None) -> list[dict]:
         cfg = self.config
         end = min(max_steps or cfg.max_steps, cfg.max_steps)
         self._trim_metrics()
@@ -279,12 +311,12 @@ class Trainer:
             self.step += 1
             tokens += cfg.batch_size * (self.sampler.k_in + self.sampler.k_tgt)
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == end:
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 rec["tokens_per_s"] = tokens / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
                 self._log(rec)
                 records.append(rec)
-            if self.step % cfg.eval_every == 0 or self.step == end:
+            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                 ev = self.evaluate()
                 if ev:
                     ev["step"] = self.step

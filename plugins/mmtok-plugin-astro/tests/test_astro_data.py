@@ -102,6 +102,21 @@ def test_from_record_errors_name_sample_and_field():
         HSCImage.from_record({"variance": record["variance"]}, sample_id="obj-10")
 
 
+def test_negative_variance_and_ivar_are_refused():
+    """On the real HSC cutout with its variance plane: two negated pixels are named; a Legacy
+    record (its first 4 bands, ivar = 1 / variance) passes until one ivar pixel is negative."""
+    record = read_npz(HSC_CUTOUTS["hsc_cosmos_35"])
+    variance = record["variance"].copy()
+    variance[2, 10, 10], variance[0, 0, 0] = -variance[2, 10, 10], -variance[0, 0, 0]
+    with pytest.raises(ModalityError, match=r"sample 'neg': HSCImage.variance: must be >= 0, found 2 negative"):
+        HSCImage.from_record({**record, "variance": variance}, sample_id="neg")
+    legacy = {"flux": record["images"][:4], "ivar": 1.0 / record["variance"][:4]}
+    assert LegacySurveyImage.from_record(legacy, sample_id="ok").ivar.shape == (1, 4, 58, 48)
+    legacy["ivar"][3, 5, 7] = -1.0
+    with pytest.raises(ModalityError, match=r"sample 'neg': LegacySurveyImage.ivar: must be >= 0, found 1 negative"):
+        LegacySurveyImage.from_record(legacy, sample_id="neg")
+
+
 def test_pixel_scale_from_the_file_is_checked():
     hst = read_fits(HST_FITS)
     hst = {"flux": np.repeat(hst["flux"][None], 5, axis=0), "pixel_scale_arcsec": hst["pixel_scale_arcsec"]}

@@ -86,6 +86,29 @@ def _example(name: str):
     return module
 
 
+def test_held_out_slab_shares_no_voxel_with_training():
+    """examples/ct/ct_data.py: the boxes `split_crops` cuts for training and for the held-out slab
+    of the NIfTI case cover disjoint voxels (crop counts of the README), and a crop holds the
+    voxels of its box."""
+    data = _example("ct_data")
+    make_crops = data.make_crops
+    data.make_crops = lambda case, boxes, size: (case, boxes)  # the boxes only (reports take a minute)
+    (nifti, train), (same, test), (dicom, cross) = data.split_crops()
+    assert nifti is same and dicom.name == "abdomen_dicom"
+    covered = {}
+    for name, boxes in (("train", train), ("test", test)):
+        covered[name] = torch.zeros(nifti.hu.shape, dtype=torch.bool)
+        for z, y, x in boxes:
+            covered[name][z:z + data.CROP[0], y:y + data.CROP[1], x:x + data.CROP[2]] = True
+    assert not (covered["train"] & covered["test"]).any()
+    assert (len(train), len(test), len(cross)) == (5974, 101, 286)
+    crops = make_crops(nifti, test, data.CROP)
+    for i, (case, z, y, x) in enumerate(crops.origin):
+        box = (slice(z, z + data.CROP[0]), slice(y, y + data.CROP[1]), slice(x, x + data.CROP[2]))
+        assert case == "abdomen_nifti" and torch.equal(crops.hu[i, 0], nifti.hu[box]), i
+    assert len(set(crops.reports)) == 99
+
+
 def test_example_end_to_end(tmp_path):
     """Fit (briefly) -> `mmtok encode` the NIfTI and the DICOM case -> `mmtok decode` with the
     reconstruction error -> the ct-encoder bundle trained on crop tokens with its head ->

@@ -138,6 +138,24 @@ def test_mask_not_on_the_volume_grid_fails_the_sample(tmp_path):
     assert "expected the CT volume's grid (30, 101, 122) (d, h, w), found (20, 512, 512)" in problems[0].reason
 
 
+def test_mask_with_another_spacing_fails_the_sample(tmp_path):
+    """The volume's own mask, relabelled with 1.5x larger voxels along x (same grid), fails its
+    sample with both spacings named; the mask as it is passes."""
+    seg = nib.load(DATA / "example_seg.nii.gz")
+    affine = seg.affine.copy()
+    affine[:3, 0] *= 1.5
+    nib.save(nib.Nifti1Image(np.asanyarray(seg.dataobj), affine), tmp_path / "respaced.nii.gz")
+    shutil.copy(DATA / "example_seg.nii.gz", tmp_path / "seg.nii.gz")
+    shutil.copy(DATA / "example_ct_sm.nii.gz", tmp_path / "ct.nii.gz")
+    (tmp_path / "manifest.json").write_text(json.dumps({"samples": [
+        {"id": "respaced", "modalities": {"ct_volume": "ct.nii.gz", "anatomy_mask": "respaced.nii.gz"}},
+        {"id": "same", "modalities": {"ct_volume": "ct.nii.gz", "anatomy_mask": "seg.nii.gz"}}]}))
+    problems = Manifest.load(tmp_path / "manifest.json").validate(mmtok.get_plugin_manager())
+    assert [(p.sample, p.key) for p in problems] == [("respaced", "anatomy_mask")]
+    assert problems[0].reason == ("AnatomyMask.spacing_mm: expected the CT volume's [3.0, 3.0, 3.0], "
+                                  "found [3.0, 3.0, 4.5]")
+
+
 def test_manifest_reads_a_dicom_folder_by_reader_name(tmp_path):
     shutil.copytree(DATA / "dicom_series", tmp_path / "series")
     (tmp_path / "m.json").write_text(json.dumps({"samples": [

@@ -3,8 +3,11 @@ mambapy, MoE routing, LoRA, FNO resolution, VIB, the losses (Sinkhorn against PO
 test-time training and save / load."""
 
 import numpy as np
+import ot
 import pytest
+import pywt
 import torch
+from mambapy import mamba as mambapy
 from torch import nn
 
 from mmtok_plugin_nir.model.embedding import WaveletEmbedding, block_mask, dwt
@@ -40,7 +43,6 @@ def tiny_model() -> SpectralFM:
 # ---------------------------------------------------------------- embedding
 @pytest.mark.filterwarnings("ignore:Level value")
 def test_dwt_matches_pywt_periodization():
-    pywt = pytest.importorskip("pywt")
     for wavelet, n in [("db4", 256), ("db2", 100), ("sym4", 37)]:
         w = pywt.Wavelet(wavelet)
         filters = torch.tensor(np.array([w.dec_lo[::-1], w.dec_hi[::-1]]))[:, None]
@@ -141,7 +143,6 @@ def test_parallel_scan_long_sequence_stable_in_float32():
 
 @pytest.mark.parametrize("pscan", [True, False])
 def test_mamba_block_matches_mambapy(pscan):
-    mambapy = pytest.importorskip("mambapy.mamba")
     cfg = mambapy.MambaConfig(d_model=16, n_layers=2, d_state=8, expand_factor=2, d_conv=4, pscan=pscan)
     ref = mambapy.MambaBlock(cfg)
     ours = MambaBlock(16, d_state=8, expand=2, d_conv=4)
@@ -282,7 +283,6 @@ def test_vib_head():
 
 # ---------------------------------------------------------------- losses
 def test_sinkhorn_log_domain_matches_pot():
-    ot = pytest.importorskip("ot")
     x = torch.randn(6, 4, dtype=torch.float64)
     y = torch.randn(9, 4, dtype=torch.float64) + 0.3
     M = torch.cdist(x, y).pow(2) / 4
@@ -299,8 +299,6 @@ def test_sinkhorn_log_domain_matches_pot():
 
 @pytest.mark.parametrize("use_pot", [False, None])
 def test_sinkhorn_identical_vs_shifted(use_pot):
-    if use_pot is None:
-        pytest.importorskip("ot")
     x = torch.randn(16, 32)                                            # float32, reg 0.05: log domain
     same, shifted = sinkhorn_loss(x, x, use_pot=use_pot), sinkhorn_loss(x, x + 1.0, use_pot=use_pot)
     assert torch.isfinite(same) and torch.isfinite(shifted)

@@ -1,17 +1,22 @@
 """The transfer protocol, SpectralFM transfer and the benchmark report, end to end on the real
 Corn data in a reduced setting (tiny model, few steps, 2 repeats)."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from mmtok_plugin_nir.baselines import TransferInputError, make_method
 from mmtok.cli import main as mmtok_main
 from mmtok_plugin_nir.benchmark import run_benchmark
 from mmtok_plugin_nir.cli import main as mmtok_nir_alias
-from mmtok_plugin_nir.datasets import load_corn
-from mmtok_plugin_nir.pretrain import PretrainConfig, pretrain
+from mmtok_plugin_nir.datasets import load_corn, load_dataset
+import mmtok_plugin_nir.pretrain as pretrain_module
+from mmtok_plugin_nir.pretrain import PretrainConfig, pretrain, pretraining_corpus
+from mmtok_plugin_nir.preprocessing import prepare
 from mmtok_plugin_nir.protocol import (TransferSetting, calibration_split, draw_transfer_samples, make_task,
                                        run_transfer)
 from mmtok_plugin_nir.transfer import SpectralFMTransfer
@@ -35,14 +40,66 @@ def pretrained(tmp_path_factory):
     return run
 
 
-def test_pretraining_resumes_from_its_checkpoint(tmp_path):
-    cfg = dict(batch_size=4, warmup=1, checkpoint_every=2, model=TINY, datasets=("corn",))
-    pretrain(tmp_path, PretrainConfig(steps=2, **cfg), progress=False)
-    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
-    assert state["step"] == 2 and state["optimizer"]["param_groups"]
-    assert pretrain(tmp_path, PretrainConfig(steps=4, **cfg), progress=False)["steps"] == 4
-    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 4
-    assert not list(tmp_path.glob(".*.tmp"))
+class _Killed(Exception):
+    """Stands for a kill right after a checkpoint was written."""
+
+
+def test_pretraining_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Killed after the step-1 checkpoint, then run again: the final weights and AdamW state equal
+    those of an uninterrupted run (a resume that loaded no weights or no optimizer state would not)."""
+    cfg = PretrainConfig(steps=2, batch_size=4, warmup=1, checkpoint_every=1, model=TINY, datasets=("corn",))
+    pretrain(tmp_path / "whole", cfg, progress=False)
+    write = pretrain_module.write_checkpoint
+
+    def write_then_die(*args):
+        write(*args)
+        raise _Killed
+
+    monkeypatch.setattr(pretrain_module, "write_checkpoint", write_then_die)
+    with pytest.raises(_Killed):
+        pretrain(tmp_path / "cut", cfg, progress=False)
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 1 and state["optimizer"]["param_groups"]
+    assert pretrain(tmp_path / "cut", cfg, progress=False)["steps"] == 2
+    for name in ("model.safetensors", "checkpoint/model.safetensors", "checkpoint/optimizer.safetensors"):
+        whole, cut = load_file(tmp_path / "whole" / name), load_file(tmp_path / "cut" / name)
+        assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole), name
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text()) == \
+        json.loads((tmp_path / "whole" / "checkpoint" / "state.json").read_text())
+    # more steps in the same folder continue from the checkpoint
+    assert pretrain(tmp_path / "cut", dataclasses.replace(cfg, steps=3), progress=False)["steps"] == 3
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == 3
+    assert not list((tmp_path / "cut").glob(".*.tmp"))
+
+
+def _rows_found(spectra: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
+    """For each row of ``spectra``, whether it is (to float precision) a row of ``corpus``."""
+    return torch.cdist(spectra.double(), corpus.double()).min(1).values < 1e-4  # distinct rows: > 0.03
+
+
+def test_pretraining_never_sees_the_evaluation_rows(tmp_path, monkeypatch):
+    """No held-out test spectrum of any instrument is in what pretraining draws its batches from
+    (observed inside `pretrain`), nor in the corpus of either data set; every pool row is."""
+    drawn = []
+    batch = pretrain_module._batch
+
+    def recording(part, *args):
+        drawn.append(part)
+        return batch(part, *args)
+
+    monkeypatch.setattr(pretrain_module, "_batch", recording)
+    pretrain(tmp_path, PretrainConfig(steps=1, batch_size=2, warmup=1, model=TINY, datasets=("corn",)), progress=False)
+    assert [p.name for p in drawn] == ["corn"]
+    corpus = {"corn": drawn[0].spectra, "tablet": pretraining_corpus(("tablet",), TINY["n_points"])[0].spectra}
+    for name, seen in corpus.items():
+        data = load_dataset(name)
+        pool, test = calibration_split(data)
+        for inst in data.instruments:
+            test_x = prepare(data.instrument(inst)[test], data.wavelength_nm, TINY["n_points"])[0]
+            pool_x = prepare(data.instrument(inst)[pool], data.wavelength_nm, TINY["n_points"])[0]
+            assert not _rows_found(test_x, seen).any(), f"{name} {inst}: test rows in the pretraining corpus"
+            assert _rows_found(pool_x, seen).all(), f"{name} {inst}: calibration rows missing"
 
 
 def test_split_and_draws_never_touch_the_test_rows():
@@ -119,6 +176,14 @@ def test_spectralfm_transfer_runs_ttt_and_lora(pretrained):
     trainable = [n for n, p in five.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)   # LoRA on q / k / v only
     assert {n.split(".")[-2] for n in trainable} == {"q", "k", "v"}
+    # the LoRA steps ran: every adapter's B (zero at the start) moved, and the predictions differ
+    # from the same fit without LoRA steps (closed-form head + test-time training only)
+    lora_b = {n: p for n, p in five.model.named_parameters() if n.endswith("lora_B")}
+    assert len(lora_b) == 3 * five.model.config.n_transformer_layers
+    assert all(p.abs().max() > 0 for p in lora_b.values()), [n for n, p in lora_b.items() if not p.abs().max() > 0]
+    ridge_only = SpectralFMTransfer(pretrained, corn.wavelength_nm, **{**FAST, "calib_steps": 0, "transfer_steps": 0})
+    assert not np.allclose(ridge_only.fit(task5).predict(x_test), p5)
+    assert all(p.abs().max() == 0 for n, p in ridge_only.model.named_parameters() if n.endswith("lora_B"))
 
 
 def test_benchmark_end_to_end_reduced(pretrained, tmp_path):

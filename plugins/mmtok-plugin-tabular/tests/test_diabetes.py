@@ -6,6 +6,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from sklearn import datasets as sklearn_datasets
 
 import mmtok
 from mmtok import ModalityError
@@ -32,8 +33,7 @@ def offline(monkeypatch):
 
 
 def test_csv_matches_sklearn_exactly():
-    datasets = pytest.importorskip("sklearn.datasets")
-    d = datasets.load_diabetes(scaled=False)
+    d = sklearn_datasets.load_diabetes(scaled=False)
     cols = read_diabetes_columns()
     assert tuple(cols) == DIABETES_COLUMNS == (*d.feature_names, "target")
     shipped = np.column_stack([cols[c] for c in DIABETES_COLUMNS])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mmtok
+from mmtok.testing import check_plugin
 from mmtok_plugin_tabular import plugin
 
 MODALITIES = ["patient_demographics", "vital_signs", "lab_results", "table", "time_series"]
@@ -17,8 +18,7 @@ PRETRAINED = ["tabular/diabetes-demographics-fsq", "tabular/diabetes-vitals-quan
 
 
 def test_conformance_kit():
-    testing = pytest.importorskip("mmtok.testing")
-    checked = testing.check_plugin(plugin, batch_size=3)
+    checked = check_plugin(plugin, batch_size=3)
     for name in MODALITIES:
         assert f"modality:{name}" in checked
     for name in CODECS:

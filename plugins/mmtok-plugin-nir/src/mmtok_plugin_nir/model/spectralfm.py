@@ -15,7 +15,7 @@ from jaxtyping import Bool, Float, Int
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from mmtok import atomic_write
+from mmtok import atomic_write, load_weights_into, read_json, read_safetensors
 
 from .embedding import WaveletEmbedding
 from .heads import FNOTransferHead, VIBHead
@@ -245,13 +245,12 @@ class SpectralFM(nn.Module):
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "SpectralFM":
         """Rebuild a model written by `save` (in eval mode)."""
-        from safetensors.torch import load_file
-
         path = Path(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
+        meta = read_json(path.with_suffix(".json"))
         model = cls(SpectralFMConfig.from_dict(meta["config"]))
         if meta.get("lora"):
             model.add_lora(**meta["lora"])
-        model.load_state_dict(load_file(str(path), device=str(map_location)))
+        weights = read_safetensors(path, "SpectralFM weights", "re-run pretraining or restore the file", map_location)
+        load_weights_into(model, weights, path, "SpectralFM weights")
         return model.to(map_location).eval()
 
