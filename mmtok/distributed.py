@@ -33,6 +33,17 @@ class Dist:
             torch.distributed.all_reduce(t)
         return t
 
+    def all_ok(self, ok: bool) -> bool:
+        """Whether ``ok`` holds on every rank (a collective, and so a barrier: every rank calls it).
+        A rank that fails alone must not leave the others waiting at the next barrier forever."""
+        if self.world == 1:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0])
+        if torch.distributed.get_backend() == "nccl":
+            flag = flag.cuda()
+        torch.distributed.all_reduce(flag)
+        return float(flag) == 0.0
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()

@@ -137,16 +137,16 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     first). A folder that already holds a run is refused unless ``resume`` (finish it: every
     finished shard is re-verified, damaged ones are re-encoded) or ``overwrite`` (start afresh).
     """
-    lock = OutputLock(out, "encode") if init_distributed().main else contextlib.nullcontext()
-    with lock:
+    with contextlib.ExitStack() as held:  # rank 0 holds the output lock in it until the end
         return _encode_manifest(manifest_path, out, registry_path=registry_path, batch_size=batch_size,
                                 workers=workers, on_error=on_error, resume=resume, overwrite=overwrite,
                                 shard_size=shard_size, streams=streams, allow_absolute=allow_absolute,
-                                progress=progress, manager=manager)
+                                progress=progress, manager=manager, held=held)
 
 
 def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, on_error, resume,
-                     overwrite, shard_size, streams, allow_absolute, progress, manager) -> EncodeSummary:
+                     overwrite, shard_size, streams, allow_absolute, progress, manager,
+                     held: contextlib.ExitStack) -> EncodeSummary:
     if on_error not in ("fail", "skip"):
         raise EncodeError(f"--on-error must be 'fail' or 'skip', found {on_error!r}")
     if batch_size < 1 or shard_size < 1:
@@ -196,9 +196,15 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
     run = {"manifest_sha256": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
            "streams": info, "shard_size": shard_size, "batch_size": batch_size, "on_error": on_error}
     shard_dir = out / "shards"
-    if rank == 0:
-        _prepare_out(out, run, resume=resume, overwrite=overwrite)
-    dist.barrier()
+    refused = None
+    if rank == 0:  # lock and prepare ``out``; under torchrun every rank learns whether that worked
+        try:
+            held.enter_context(OutputLock(out, "encode"))
+            _prepare_out(out, run, resume=resume, overwrite=overwrite)
+        except MmtokError as err:
+            refused = err
+    if not dist.all_ok(refused is None):
+        raise refused or EncodeError(f"rank 0 could not prepare {out} (its message says why); nothing was written")
 
     shards = [list(enumerate(rows[i:i + shard_size], start=i)) for i in range(0, len(rows), shard_size)]
     mine = [i for i in range(len(shards)) if i % world == rank]

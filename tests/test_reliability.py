@@ -313,6 +313,15 @@ def test_a_second_writer_is_refused_naming_the_first(study, reference, tmp_path,
                               f"pid {holder.pid}")
         assert "another --out" in line
         one_line_error(capsys, ["train", "--tokens", str(reference), "--out", str(out)], f"pid {holder.pid}")
+        # under torchrun, rank 0's refusal reaches rank 1 too: both exit, nobody waits at a barrier
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "mmtok.cli", *encode_args(study, out)], capture_output=True, text=True,
+                             timeout=240)
+        assert run.returncode != 0 and "is being written by" in run.stderr and "rank 0 could not prepare" in run.stderr
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "mmtok.cli", "train", "--tokens", str(reference), "--out", str(out), "--quiet"],
+                             capture_output=True, text=True, timeout=240)
+        assert run.returncode != 0 and "is being written by" in run.stderr and "rank 0 could not lock" in run.stderr
     finally:
         holder.kill()
         holder.wait()

@@ -232,9 +232,23 @@ class Trainer:
         self.dist.barrier()
         return final
 
+    @contextlib.contextmanager
     def _lock(self):
-        """The run folder's `OutputLock` (main rank only): one trainer writes a run at a time."""
-        return OutputLock(self.out, "train") if self.dist.main else contextlib.nullcontext()
+        """The run folder's `OutputLock`, held by the main rank: one trainer writes a run at a time.
+        Every rank learns whether it was taken, so a refused run ends on all ranks."""
+        lock, refused = None, None
+        if self.dist.main:
+            try:
+                lock = OutputLock(self.out, "train").__enter__()
+            except MmtokError as err:
+                refused = err
+        if not self.dist.all_ok(refused is None):
+            raise refused or MmtokError(f"rank 0 could not lock {self.out} (its message says why)")
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
 
     def _resume(self) -> None:
         meta_path = self.out / "model.json"
