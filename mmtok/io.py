@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from mmtok.errors import MmtokError
+from mmtok.errors import MmtokError, warn
 
 __all__ = ["DamagedFileError", "OutputLock", "atomic_write", "checkpoint_folders", "load_weights_into",
            "open_safetensors", "read_checkpoint",
@@ -102,7 +102,7 @@ def open_safetensors(path: str | os.PathLike, what: str = "tensor file", hint: s
     try:
         return safe_open(str(path), "pt")
     except (SafetensorError, OSError) as err:
-        raise DamagedFileError(f"{path}: {what} is damaged ({_reason(err)})" + (f"; {hint}" if hint else "")) from None
+        raise _damaged(path, what, err, hint) from None
 
 
 def read_safetensors(path: str | os.PathLike, what: str = "tensor file", hint: str = "",
@@ -112,7 +112,11 @@ def read_safetensors(path: str | os.PathLike, what: str = "tensor file", hint: s
     try:
         return {k: f.get_tensor(k).to(device) for k in f.keys()}
     except (SafetensorError, OSError) as err:
-        raise DamagedFileError(f"{path}: {what} is damaged ({_reason(err)})" + (f"; {hint}" if hint else "")) from None
+        raise _damaged(path, what, err, hint) from None
+
+
+def _damaged(path: Path, what: str, err: BaseException, hint: str) -> DamagedFileError:
+    return DamagedFileError(f"{path}: {what} is damaged ({_reason(err)})" + (f"; {hint}" if hint else ""))
 
 
 def load_weights_into(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str) -> None:
@@ -190,8 +194,6 @@ def checkpoint_folders(ckdir: Path) -> list[Path]:
     """The ``step-*`` checkpoint folders of a run's ``checkpoints/``, newest first. ``latest.json``
     is only a pointer: a torn one, or one naming a missing folder, is reported and the folders
     themselves count (each is complete or absent, `write_checkpoint`)."""
-    from mmtok.errors import warn
-
     ckdir = Path(ckdir)
     found = sorted((d for d in ckdir.glob("step-*") if d.is_dir()), key=lambda d: d.name, reverse=True)
     latest = ckdir / "latest.json"

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from mmtok.errors import MmtokError
 from mmtok.io import DamagedFileError, atomic_write, open_safetensors, read_json, write_json
@@ -88,10 +88,10 @@ def write_shard(directory: Path, i: int, streams: Mapping[str, TokenStream], sid
         tokens_name, present_name = tensor_names(key, s.is_discrete)
         tensors[tokens_name] = (s.ids.to(torch.int32) if s.is_discrete else s.values.float()).contiguous()
         tensors[present_name] = s.present.contiguous()
-    path = directory / f"{shard_name(i)}.safetensors"
-    atomic_write(path, lambda p: save_file(tensors, str(p)))
+    data = save(tensors)  # bytes: hashed as written, not read back
+    atomic_write(directory / f"{shard_name(i)}.safetensors", lambda p: p.write_bytes(data))
     write_json(directory / f"{shard_name(i)}.json",
-               {**sidecar, "sha256": file_sha256(path),
+               {**sidecar, "sha256": hashlib.sha256(data).hexdigest(),
                 "statistics": {k: _statistics(s) for k, s in streams.items()}})
 
 
