@@ -188,8 +188,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
         rebuilt = getattr(decoded, codec.field).float()
         rmse, nrmse, _ = reconstruction_errors(target, rebuilt)
         mae = float((target - rebuilt).abs().mean())
-        print(f"reconstruction error vs {args.manifest.name}: rmse {rmse:.4g}, mae {mae:.4g}, "
-              f"nrmse {nrmse:.4g} (units of {type(original).__name__}.{codec.field})")
+        relative = rmse / max(float(target.pow(2).mean().sqrt()), 1e-12)
+        spread = f"nrmse {nrmse:.4g}" if nrmse == nrmse else "nrmse n/a (one value per channel)"
+        print(f"reconstruction error vs {args.manifest.name}: rmse {rmse:.4g}, mae {mae:.4g} (units of "
+              f"{type(original).__name__}.{codec.field}), relative rmse {relative:.4g} (rmse / rms of the original), "
+              f"{spread}")
     return 0
 
 

@@ -67,6 +67,8 @@ def reconstruction_errors(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[float, 
     err = (x_hat.float() - x.float()).transpose(0, 1).flatten(1)  # (c, everything else)
     ref = x.float().transpose(0, 1).flatten(1)
     rmse_c = err.pow(2).mean(1).sqrt()
+    if ref.shape[1] < 2:  # one value per channel (one sample of one pixel): no spread to divide by
+        return float(err.pow(2).mean().sqrt()), float("nan"), [float(v) for v in rmse_c]
     nrmse = (rmse_c / ref.std(1).clamp_min(1e-12)).mean()
     return float(err.pow(2).mean().sqrt()), float(nrmse), [float(v) for v in rmse_c]
 
