@@ -18,11 +18,10 @@ CODECS = ["hsi-cube-fsq", "hsi-cube-continuous", "hsi-pixel-fsq", "infrared-imag
 
 
 def test_conformance_kit():
-    """hsi-pixel-fsq is checked at 16 x 16 px here (its 1 x 1 default below)."""
-    checked = check_plugin(plugin, codec_overrides={"hsi-pixel-fsq": {"size": [192, 16, 16]}})
+    checked = check_plugin(plugin)
     assert checked == ["modality:hsi_cube", "modality:infrared_image", "modality:autofluorescence_image",
                        "modality:thickness_map", "modality:elevation_map", *(f"codec:{c}" for c in CODECS),
-                       "reader:matlab", "reader:envi", "bundle:hsi-guided"]
+                       "reader:matlab", "reader:envi", "bundle:hsi-guided", "command:hsi"]
 
 
 def test_pixel_codec_tokenizes_per_pixel_spectra():
@@ -31,6 +30,9 @@ def test_pixel_codec_tokenizes_per_pixel_spectra():
     pixels = ex.replace(reflectance=ex.reflectance[:, :, 5:6, 7:8].contiguous())
     check_codec(codec, pixels)
     assert codec.grid == (16, 1, 1)
+    check_codec(codec, ex)  # spatial: center -> the centre pixel of each 16 x 16 chip
+    centre = ex.replace(reflectance=ex.reflectance[:, :, 7:8, 7:8].contiguous())
+    assert torch.equal(codec.encode(ex).ids, codec.encode(centre).ids)
 
 
 def test_resampling_is_exact_for_linear_spectra_and_skips_masked_bands():

@@ -1,5 +1,4 @@
-"""``mmtok hsi``: pretrain guided SpectralGPT on a cube, probe a run on any labelled cube, and the
-plugin's experiments.
+"""``mmtok hsi``: pretrain guided SpectralGPT, probe a run on any labelled cube, run the experiments.
 
     mmtok hsi pretrain --cube scene.mat --out runs/hsi/my_run --steps 600
     mmtok hsi probe runs/hsi/my_run --cube scene.mat --labels scene_gt.mat --split spatial
@@ -257,12 +256,11 @@ def _probe(args) -> None:
 def _indian_pines(args) -> None:
     from mmtok_plugin_hsi.indian_pines import run_indian_pines
 
-    argv = " ".join(sys.argv[1:]) if sys.argv and "indian-pines" in sys.argv else None
-    result = run_indian_pines(Path(args.out), steps=args.steps, batch_size=args.batch_size, seeds=args.seeds,
+    result = run_indian_pines(Path(args.out), steps=args.steps, random_steps=args.random_steps,
+                              batch_size=args.batch_size, seeds=args.seeds,
                               protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
                               finetune_steps=args.finetune_steps, threads=args.threads, progress=not args.quiet,
-                              log=(lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr)),
-                              command=f"mmtok {argv}" if argv else None)
+                              log=(lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     print(result["markdown"])
 
 
@@ -280,14 +278,20 @@ def _import(module: str, function: str):
     return getattr(mod, function)
 
 
+def _given(args, *names) -> dict:
+    """The options the user gave (None = the experiment's own default)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def _ablation(args) -> None:
-    result = _import("houston", "run_ablation")(Path(args.out), steps=args.steps, seeds=args.seeds,
-                                                 progress=not args.quiet)
+    run_ablation = _import("houston", "run_ablation")
+    result = run_ablation(Path(args.out), progress=not args.quiet, **_given(args, "steps", "seeds", "threads"))
     print(result.get("markdown", ""))
 
 
 def _jasper(args) -> None:
-    result = _import("jasper", "run_jasper")(Path(args.out), steps=args.steps, seed=args.seed, progress=not args.quiet)
+    run_jasper = _import("jasper", "run_jasper")
+    result = run_jasper(Path(args.out), progress=not args.quiet, **_given(args, "steps", "seed", "threads"))
     print(result.get("markdown", ""))
 
 
@@ -346,6 +350,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("indian-pines", help="Indian Pines: both protocols, probe + fine-tune + baselines, figures")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=600, help="pretraining steps per seed and protocol")
+    p.add_argument("--random-steps", type=int, help="pretraining steps of protocol (a) if different from --steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated, e.g. 0,1,2")
     p.add_argument("--protocols", default="spatial,random", help="spatial (disjoint), random (10 %% per class)")
@@ -356,15 +361,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("ablation", help="Houston 2013: pretraining with / without / with 50 %% LiDAR guidance")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--seeds", type=_ints, default=(0, 1, 2))
+    p.add_argument("--steps", type=int, help="pretraining steps per arm and seed (default: the experiment's)")
+    p.add_argument("--seeds", type=_ints, help="comma-separated (default 0,1,2)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=_ablation)
 
     p = sub.add_parser("jasper", help="Jasper Ridge: held-out MAE reconstruction vs PCA, abundances vs FCLS")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="pretraining steps (default: the experiment's)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=_jasper)
 

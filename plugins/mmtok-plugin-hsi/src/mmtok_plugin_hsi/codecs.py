@@ -6,13 +6,13 @@ spatial axes of a cube. Any sensor's cube is first resampled onto the codec's wa
 `mmtok_plugin_hsi.preprocessing`), so Indian Pines (200 bands), Jasper Ridge (198) and a new
 sensor share one vocabulary. One token per ``patch`` = (bands, rows, cols) voxels: SpectralGPT's
 12 bands x 8 x 8 px by default; ``patch: [12, 1, 1]`` with ``size: [bands, 1, 1]`` tokenizes
-per-pixel spectra. FSQ by default, continuous with ``quantizer: {kind: continuous}``. Decoding
+per-pixel spectra (``spatial: center`` takes the centre pixel of a larger, pixel-centred chip). FSQ by default, continuous with ``quantizer: {kind: continuous}``. Decoding
 gives reflectance on the codec's wavelength grid.
 
 The auxiliary images use mmtok's `ImageCodec` (2D patches) directly, configured in `plugin.py`.
 """
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -34,6 +34,9 @@ class HSICubeCodecConfig(PatchCodecConfig):
     wavelength_range_nm: list[float] = Field(default_factory=lambda: [400.0, 2500.0], min_length=2, max_length=2)
     coverage_tolerance_nm: float = Field(25.0, ge=0, description="how far a cube's valid bands may stop short "
                                                                   "of the grid's ends (nearest band used there)")
+    spatial: Literal["exact", "center"] = Field(
+        "exact", description="exact: cubes must have the codec's rows x cols; center: a larger cube is cropped to "
+                             "its centre (e.g. the centre pixel of pixel-centred chips for a per-pixel codec)")
 
     @model_validator(mode="after")
     def _increasing_range(self):
@@ -62,17 +65,22 @@ class HSICubeCodec(VolumeCodec):
         cfg: HSICubeCodecConfig = self.config
         rows, cols = cfg.size[1:]
         found = tuple(m.reflectance.shape[2:])
+        reflectance = m.reflectance
+        if found != (rows, cols) and cfg.spatial == "center" and found[0] >= rows and found[1] >= cols:
+            r0, c0 = (found[0] - rows) // 2, (found[1] - cols) // 2
+            reflectance, found = reflectance[:, :, r0:r0 + rows, c0:c0 + cols], (rows, cols)
         if found != (rows, cols):
             raise ModalityError(
                 f"{self.name}: HSICube.reflectance has {found[0]} x {found[1]} pixels, this codec tokenizes "
                 f"{rows} x {cols} chips; cut the scene into chips first (mmtok_plugin_hsi.chips.tile), or "
-                "configure the codec's size")
+                "configure the codec's size" + (" (spatial: center crops larger cubes only)"
+                                                if cfg.spatial == "center" else ""))
         problem = coverage_problem(m.wavelength_nm, m.band_mask, *cfg.wavelength_range_nm,
                                    cfg.coverage_tolerance_nm)
         if problem:
             raise ModalityError(f"{self.name}: HSICube.wavelength_nm: {problem}; configure the codec's "
                                 "wavelength_range_nm for this sensor")
-        return resample_bands(m.reflectance, m.wavelength_nm, self.wavelength_grid.cpu(), m.band_mask)
+        return resample_bands(reflectance, m.wavelength_nm, self.wavelength_grid.cpu(), m.band_mask)
 
     def to_tensor(self, m: HSICube) -> Tensor:
         return self._resampled(m).unsqueeze(1)

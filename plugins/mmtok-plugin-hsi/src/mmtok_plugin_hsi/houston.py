@@ -22,22 +22,21 @@ the auxiliary carries when it is available, which the guided encoders never see 
     result = run_ablation(Path("runs/hsi/houston"))      # -> houston_ablation.json / .md
 """
 
-import contextlib
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import stats
-from threadpoolctl import threadpool_limits
 
-from mmtok import MmtokError, atomic_write, write_json
+from mmtok import MmtokError
 from mmtok_plugin_hsi.baselines import svm_rbf
 from mmtok_plugin_hsi.datasets import PixelSet, load_houston2013
 from mmtok_plugin_hsi.metrics import classification_report
 from mmtok_plugin_hsi.model import GuidedSpectralGPT, GuidedSpectralGPTConfig
 from mmtok_plugin_hsi.preprocessing import resample_bands, uniform_grid
-from mmtok_plugin_hsi.pretrain import CubeNorm, PretrainConfig, embed_cubes, pretrain
+from mmtok_plugin_hsi.pretrain import (CubeNorm, PretrainConfig, embed_cubes, limited_threads, pretrain,
+                                       write_experiment)
 from mmtok_plugin_hsi.probe import linear_probe
 from mmtok_plugin_hsi.splits import random_per_class
 
@@ -234,22 +233,13 @@ def run_ablation(out: Path, *, steps: int = 200, seeds=(0, 1, 2), progress: bool
     torch threads during the run (restored after); ``data``: the pixels (default
     `load_houston2013()`)."""
     t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:  # BLAS threads too: oversubscribed OpenBLAS makes the probes' lbfgs crawl on a shared machine
-        with threadpool_limits(threads) if threads else contextlib.nullcontext():
-            result = _run(data or load_houston2013(), steps, tuple(seeds), progress, tuple(arms), batch_size,
-                          limit, model or {}, svm)
-    finally:
-        torch.set_num_threads(old_threads)
+    with limited_threads(threads):
+        result = _run(data or load_houston2013(), steps, tuple(seeds), progress, tuple(arms), batch_size,
+                      limit, model or {}, svm)
     result["seconds"] = time.perf_counter() - t0
-    result["threads"] = threads or old_threads
+    result["threads"] = threads or torch.get_num_threads()
     result["markdown"] = _markdown(result)
-    out = Path(out)
-    write_json(out / "houston_ablation.json", result)
-    atomic_write(out / "houston_ablation.md", lambda p: p.write_text(result["markdown"]))
-    return result
+    return write_experiment(out, "houston_ablation", result)
 
 
 def _run(data: PixelSet, steps, seeds, progress, arms, batch_size, limit, model_overrides, svm) -> dict:

@@ -30,7 +30,6 @@ ground-truth abundances, evaluated on the right half; against FCLS with the ship
     result = run_jasper(Path("runs/hsi/jasper"))       # -> jasper.json / jasper.md
 """
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -39,17 +38,16 @@ import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 import mmtok
-from mmtok import MmtokError, atomic_write, write_json
+from mmtok import MmtokError
 from mmtok_plugin_hsi.baselines import fcls, pca_reconstruction
 from mmtok_plugin_hsi.chips import extract_chips, tile
 from mmtok_plugin_hsi.datasets import load_jasper_ridge
 from mmtok_plugin_hsi.modalities import HSICube
 from mmtok_plugin_hsi.model import GuidedSpectralGPT, GuidedSpectralGPTConfig, patchify, unpatchify
 from mmtok_plugin_hsi.preprocessing import resample_bands, uniform_grid
-from mmtok_plugin_hsi.pretrain import CubeNorm, PretrainConfig, pretrain
+from mmtok_plugin_hsi.pretrain import CubeNorm, PretrainConfig, limited_threads, pretrain, write_experiment
 
 __all__ = ["CHIP", "GRID_BANDS", "SPLIT_COLUMN", "jasper_model_config", "region_chips", "region_tiles",
            "linear_inpainting", "pixel_features", "run_jasper"]
@@ -189,22 +187,13 @@ def run_jasper(out: Path, *, steps: int = 1000, seed: int = 0, progress: bool = 
     chips (a seeded subset of the training chips); ``pixel_stride``: (b) uses every k-th pixel of
     each half in row-major order (k = 2: the even columns), to bound the embedding time."""
     t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:  # BLAS threads too (ridge, FCLS, PCA), not only torch's
-        with threadpool_limits(threads) if threads else contextlib.nullcontext():
-            result = _run(steps, seed, progress, batch_size, model or {}, codec_steps, codec_chips, mask_draws,
-                          pixel_stride, rows)
-    finally:
-        torch.set_num_threads(old_threads)
+    with limited_threads(threads):
+        result = _run(steps, seed, progress, batch_size, model or {}, codec_steps, codec_chips, mask_draws,
+                      pixel_stride, rows)
     result["seconds"] = time.perf_counter() - t0
-    result["threads"] = threads or old_threads
+    result["threads"] = threads or torch.get_num_threads()
     result["markdown"] = _markdown(result)
-    out = Path(out)
-    write_json(out / "jasper.json", result)
-    atomic_write(out / "jasper.md", lambda p: p.write_text(result["markdown"]))
-    return result
+    return write_experiment(out, "jasper", result)
 
 
 def _run(steps, seed, progress, batch_size, model_overrides, codec_steps, codec_chips, mask_draws, pixel_stride,

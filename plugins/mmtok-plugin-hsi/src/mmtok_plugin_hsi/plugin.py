@@ -11,7 +11,7 @@ FSQ = {"kind": "fsq", "levels": [8, 5, 5, 5]}
 #: SpectralGPT's tokens: 12 bands x 8 x 8 px; AVIRIS range (400–2500 nm) on 192 bands, 16 x 16 px chips
 CUBE = {"size": [192, 16, 16], "patch": [12, 8, 8], "wavelength_range_nm": [400.0, 2500.0]}
 #: per-pixel spectra: 1 x 1 px cubes, one token per 12 bands
-PIXEL = {"size": [192, 1, 1], "patch": [12, 1, 1], "wavelength_range_nm": [400.0, 2500.0]}
+PIXEL = {"size": [192, 1, 1], "patch": [12, 1, 1], "wavelength_range_nm": [400.0, 2500.0], "spatial": "center"}
 #: auxiliary images on the cube's 16 x 16 chip grid, one token per 8 x 8 px
 AUX = {"channels": 1, "size": [16, 16], "patch": [8, 8], "quantizer": FSQ}
 
@@ -30,7 +30,7 @@ def mmtok_codecs():
         CodecSpec("hsi-cube-continuous", "hsi_cube", HSICubeCodec, {**CUBE, "quantizer": {"kind": "continuous"}},
                   "as hsi-cube-fsq, continuous 8-d latent per patch"),
         CodecSpec("hsi-pixel-fsq", "hsi_cube", HSICubeCodec, {**PIXEL, "quantizer": FSQ},
-                  "per-pixel spectra (1 x 1 px cubes): one FSQ token per 12 bands of the 192-band grid (16)"),
+                  "per-pixel spectra (1 x 1 px cubes, or the centre pixel of a chip): one FSQ token per 12 bands of the 192-band grid (16)"),
     ]
     for name, cls in AUXILIARIES.items():
         specs.append(CodecSpec(f"{name.replace('_', '-')}-fsq", name, ImageCodec, dict(AUX),

@@ -12,6 +12,7 @@ mini-batches, the masks and the initialisation come from seeded generators. A ru
 per-channel normalisation and the loss history (JSON).
 """
 
+import contextlib
 import json
 import math
 import time
@@ -25,7 +26,8 @@ from torch import Tensor
 from mmtok import MmtokError, atomic_write, read_json
 from mmtok_plugin_hsi.model import AuxInput, GuidedSpectralGPT, GuidedSpectralGPTConfig
 
-__all__ = ["PretrainConfig", "CubeNorm", "pretrain", "embed_cubes", "save_run", "load_run"]
+__all__ = ["PretrainConfig", "CubeNorm", "pretrain", "embed_cubes", "save_run", "load_run", "limited_threads",
+           "write_experiment"]
 
 
 class PretrainConfig(BaseModel):
@@ -165,3 +167,32 @@ def load_run(directory: Path) -> tuple[GuidedSpectralGPT, CubeNorm, dict]:
     record = read_json(directory / "pretrain.json")
     model = GuidedSpectralGPT.load(directory / "model")
     return model, CubeNorm.from_dict(record["history"]["norm"]), record
+
+
+@contextlib.contextmanager
+def limited_threads(threads: int | None):
+    """Run an experiment with ``threads`` torch and BLAS threads (None: unchanged), restored after:
+    on a shared machine oversubscribed OpenBLAS makes the probes' solvers crawl."""
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def write_experiment(out: Path, stem: str, result: dict) -> dict:
+    """Write an experiment's ``result`` as ``out/<stem>.json`` and its "markdown" as ``out/<stem>.md``
+    (each atomically); returns ``result``."""
+    from mmtok import write_json
+
+    out = Path(out)
+    write_json(out / f"{stem}.json", result)
+    atomic_write(out / f"{stem}.md", lambda p: p.write_text(result["markdown"]))
+    return result

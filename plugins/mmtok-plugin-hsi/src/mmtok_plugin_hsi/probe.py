@@ -109,7 +109,7 @@ def finetune(model, norm, x_train, y_train, x_test, num_classes: int, *, steps: 
     size), numpy or torch, on the model's grid and NOT normalised (``norm``, a `CubeNorm` or None,
     is applied here). A linear head (num_classes outputs) on the mean of the HSI-only encoder
     tokens; AdamW with ``lr`` for the head and ``lr * encoder_lr_scale`` for the encoder, linear
-    warm-up then cosine decay over ``steps`` mini-batches of ``batch_size`` drawn uniformly from
+    warm-up (``warmup`` steps, at most a fifth of them) then cosine decay over ``steps`` mini-batches of ``batch_size`` drawn uniformly from
     the training set (seeded), cross-entropy. The decoder and conditioners are not used.
     """
     from mmtok import MmtokError
@@ -128,6 +128,8 @@ def finetune(model, norm, x_train, y_train, x_test, num_classes: int, *, steps: 
     yt = torch.as_tensor(y_train)
     opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": lr * encoder_lr_scale},
                              {"params": net.head.parameters(), "lr": lr}], weight_decay=weight_decay)
+
+    warmup = min(warmup, steps // 5)
 
     def factor(step: int) -> float:
         if step < warmup:
