@@ -137,6 +137,30 @@ def test_finetune_shape_and_caller_model_untouched():
     assert pred.shape == (7,) and pred.dtype == np.int64 and set(pred.tolist()) <= {0, 1, 2}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert np.array_equal(pred, finetune(model, None, x_train, y_train, x_test, 3, steps=4, seed=0))
+    lpft = finetune(model, None, x_train, y_train, x_test, 3, steps=4, seed=0, head_init="probe")
+    assert lpft.shape == (7,)
+
+
+def test_finetune_starts_from_the_linear_probe():
+    """LP-FT: with no step the fine-tuned classifier is the linear probe (standardisation folded
+    into the head), on real Indian Pines chips and a class the probe never saw (label 5 of 6)."""
+    from mmtok_plugin_hsi.chips import extract_chips
+    from mmtok_plugin_hsi.model import GuidedSpectralGPT, GuidedSpectralGPTConfig
+    from mmtok_plugin_hsi.pretrain import CubeNorm
+    from mmtok_plugin_hsi.probe import embed_chips, finetune, linear_probe
+
+    scene = load_indian_pines()
+    flat = np.flatnonzero(np.isin(scene.labels.ravel(), (2, 3, 11)))[::20]  # 3 classes, 100+ pixels
+    w = scene.shape[1]
+    chips = extract_chips(scene.cube[:192], flat // w, flat % w, 3)
+    y = np.searchsorted([2, 3, 11], scene.labels.ravel()[flat])
+    model = GuidedSpectralGPT(GuidedSpectralGPTConfig(bands=192, size=3, dim=16, depth=1, heads=2, decoder_dim=8,
+                                                      decoder_heads=2)).eval()
+    norm = CubeNorm.fit(torch.from_numpy(chips))
+    feats = embed_chips(model, chips, norm)
+    probe = linear_probe(feats[::2], y[::2], feats[1::2], seed=0)
+    lpft = finetune(model, norm, chips[::2], y[::2], chips[1::2], 6, steps=0, seed=0, head_init="probe")
+    assert np.mean(lpft == probe) > 0.98  # float32 vs float64 logits may flip a near-tie
 
 
 def test_figures_write_pngs(tmp_path):

@@ -21,7 +21,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["embed_chips", "linear_probe", "finetune"]
+__all__ = ["embed_chips", "linear_probe", "fit_probe", "finetune"]
 
 
 def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, seed: int = 0,
@@ -35,11 +35,15 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _linear_probe(x_train, y_train, x_test, seed, cs, max_iter)
+        return fit_probe(x_train, y_train, seed=seed, cs=cs, max_iter=max_iter).predict(
+            np.asarray(x_test, np.float64))
 
 
-def _linear_probe(x_train, y_train, x_test, seed, cs, max_iter) -> np.ndarray:
-    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+def fit_probe(x_train, y_train, *, seed: int = 0, cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
+              max_iter: int = 2000):
+    """The fitted probe of `linear_probe` (a scikit-learn estimator: StandardScaler + LogisticRegression,
+    wrapped in GridSearchCV when C is cross-validated)."""
+    x_train = np.asarray(x_train, np.float64)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     folds = min(3, int(np.bincount(np.asarray(y_train)).compress(np.bincount(np.asarray(y_train)) > 0).min()))
     if folds >= 2 and len(cs) > 1:
@@ -47,8 +51,23 @@ def _linear_probe(x_train, y_train, x_test, seed, cs, max_iter) -> np.ndarray:
         clf = GridSearchCV(clf, {"logisticregression__C": list(cs)}, cv=cv, n_jobs=1)
     else:
         clf.set_params(logisticregression__C=1.0)
-    clf.fit(x_train, y_train)
-    return clf.predict(x_test)
+    return clf.fit(x_train, y_train)
+
+
+def _probe_head(probe, dim: int, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(weight (k, dim), bias (k,)) of a linear layer on raw features equal to the fitted probe's
+    logits (its standardisation folded in); classes the probe never saw get a bias far below."""
+    pipe = getattr(probe, "best_estimator_", probe)
+    scaler, lr = pipe.named_steps["standardscaler"], pipe.named_steps["logisticregression"]
+    coef, intercept = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # binary: sklearn keeps the logit of the second class only
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
+    w_std = coef / scaler.scale_                                 # (k', dim)
+    b_std = intercept - w_std @ scaler.mean_                     # (k',)
+    weight, bias = torch.zeros(num_classes, dim), torch.full((num_classes,), float(b_std.min()) - 10.0)
+    idx = torch.as_tensor(lr.classes_.astype(np.int64))
+    weight[idx], bias[idx] = torch.as_tensor(w_std, dtype=torch.float32), torch.as_tensor(b_std, dtype=torch.float32)
+    return weight, bias
 
 
 def embed_chips(model, chips, norm=None, *, batch_size: int = 256, progress: bool = False,
@@ -101,8 +120,8 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
 
 def finetune(model, norm, x_train, y_train, x_test, num_classes: int, *, steps: int = 300, lr: float = 1e-3,
              encoder_lr_scale: float = 0.1, batch_size: int = 32, weight_decay: float = 0.01, warmup: int = 20,
-             augment: bool = True, seed: int = 0, progress: bool = False, eval_batch_size: int = 256
-             ) -> np.ndarray:
+             augment: bool = True, head_init: str = "zero", seed: int = 0, progress: bool = False,
+             eval_batch_size: int = 256) -> np.ndarray:
     """Fine-tune a copy of ``model`` on labelled chips, return predicted labels (m,) of ``x_test``.
 
     x_train (n, bands, size, size), y_train (n,) ints in [0, num_classes), x_test (m, bands, size,
@@ -111,6 +130,10 @@ def finetune(model, norm, x_train, y_train, x_test, num_classes: int, *, steps: 
     tokens; AdamW with ``lr`` for the head and ``lr * encoder_lr_scale`` for the encoder, linear
     warm-up (``warmup`` steps, at most a fifth of them) then cosine decay over ``steps`` mini-batches of ``batch_size`` drawn uniformly from
     the training set (seeded), cross-entropy. The decoder and conditioners are not used.
+    ``head_init="zero"``: a head initialised near zero (what the Indian Pines table used).
+    ``"probe"`` (LP-FT, Kumar et al., ICLR 2022): the head starts as the `linear_probe` fitted on
+    the frozen embeddings of the training chips, so fine-tuning starts from the probe's solution
+    (Indian Pines (a) seed 0, 100 steps: OA 47.6 % -> 76.4 %; (b) seed 0, 200 steps: 30.2 % -> 24.5 %).
     """
     from mmtok import MmtokError
 
@@ -126,6 +149,22 @@ def finetune(model, norm, x_train, y_train, x_test, num_classes: int, *, steps: 
     xt = torch.as_tensor(np.asarray(x_train, dtype=np.float32))
     xt = xt if norm is None else norm(xt)
     yt = torch.as_tensor(y_train)
+    if head_init == "probe":
+        from threadpoolctl import threadpool_limits
+
+        net.eval()
+        with torch.no_grad():
+            feats = torch.cat([net.encoder(xt[i:i + eval_batch_size]).tokens.mean(1)
+                               for i in range(0, len(xt), eval_batch_size)]).numpy()
+        with threadpool_limits(limits=1, user_api="blas"):
+            probe = fit_probe(feats, y_train, seed=seed)
+        weight, bias = _probe_head(probe, feats.shape[1], num_classes)
+        with torch.no_grad():
+            net.head.weight.copy_(weight)
+            net.head.bias.copy_(bias)
+        net.train()
+    elif head_init != "zero":
+        raise MmtokError(f"finetune: head_init must be 'probe' or 'zero', found {head_init!r}")
     opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": lr * encoder_lr_scale},
                              {"params": net.head.parameters(), "lr": lr}], weight_decay=weight_decay)
 
