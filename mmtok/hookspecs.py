@@ -58,7 +58,9 @@ class CodecSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ReaderSpec:
-    """Reads one file kind. ``read(path) -> {field: array}`` (numpy arrays or lists).
+    """Reads one file kind. ``read(path, **options) -> {field: array}`` (numpy arrays or lists);
+    ``options`` come from the manifest entry's ``options`` (a frame, a slice, a region) and a
+    reader declares the ones it takes as keyword parameters.
 
     A manifest entry picks its reader by suffix, or by name (``{"path": ..., "reader": "dicom"}``).
     ``directory`` readers take a folder (a DICOM series); they must not follow links out of it.

@@ -19,7 +19,9 @@
 A sample has an ``id`` and any subset of modality entries, keyed by modality name. An entry is
 a file path (string shorthand or ``{"path": ...}``, read by the plugin reader for its suffix,
 with an optional ``fields`` map from modality field to reader key; ``reader`` names the reader
-instead, which folder readers such as a DICOM series need), or a row of a table declared
+instead, which folder readers such as a DICOM series need; ``options`` are keyword arguments
+of the reader, e.g. ``{"frame": 7}`` of a cine DICOM or ``{"slice": 12}`` of a volume read as 2D
+images; a reader refuses options it does not take), or a row of a table declared
 once under ``tables`` (``row`` is the value of the table's ``key`` column, or a 0-based index
 when the table has no key). Paths are relative to the manifest's folder and may not leave it;
 absolute paths are refused unless explicitly allowed.
@@ -32,6 +34,7 @@ every reader arrive in the machine's byte order.
 """
 
 import dataclasses
+import inspect
 import json
 import os
 import stat
@@ -117,6 +120,20 @@ def _native(record: dict) -> dict:
     return record
 
 
+def _reader_options(read) -> list[str]:
+    """Keyword options a reader function accepts (its parameters after the path)."""
+    params = list(inspect.signature(read).parameters.values())[1:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _unknown_options(read, options: dict) -> list[str] | None:
+    params = list(inspect.signature(read).parameters.values())[1:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    unknown = sorted(set(options) - set(_reader_options(read)))
+    return unknown or None
+
+
 class TableEntry(StrictModel):
     path: str
     key: str | None = Field(None, description="column whose values identify rows")
@@ -128,6 +145,8 @@ class ModalityEntry(StrictModel):
     table: str | None = None
     row: int | str | None = None
     reader: str | None = Field(None, description="reader name; default: the reader for the suffix")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the reader "
+                                    "(a frame of a cine DICOM, a slice of a volume, a slide region)")
 
     @model_validator(mode="before")
     @classmethod
@@ -144,6 +163,8 @@ class ModalityEntry(StrictModel):
             raise ValueError("'row' only applies to table entries")
         if self.table is not None and self.reader is not None:
             raise ValueError("'reader' only applies to path entries")
+        if self.table is not None and self.options:
+            raise ValueError("'options' only applies to path entries")
         return self
 
 
@@ -289,10 +310,16 @@ class Manifest:
             raise SampleError(sample, key, f"{err}{hint}") from None
 
     def _read(self, full: Path, rel: str, *, sample: str | None, key: str | None, manager,
-              reader=None) -> dict:
+              reader=None, options: dict | None = None) -> dict:
         reader = reader or self._reader(rel, None, sample=sample, key=key, manager=manager)
+        if options:
+            unknown = _unknown_options(reader.read, options)
+            if unknown is not None:
+                raise SampleError(sample, key, f"the {reader.name!r} reader takes no option(s) {unknown}"
+                                  + (f"; its options are {_reader_options(reader.read)}"
+                                     if _reader_options(reader.read) else "; it takes no options"))
         try:
-            record = reader.read(full)
+            record = reader.read(full, **(options or {}))
         except Exception as err:  # noqa: BLE001 - any reader failure is this sample's problem
             msg = str(err).replace(str(full), rel)
             raise SampleError(sample, key, f"cannot read {rel} with the {reader.name!r} reader: "
@@ -346,7 +373,8 @@ class Manifest:
         else:
             reader = self._reader(entry.path, entry.reader, sample=sample.id, key=key, manager=manager)
             full = self.resolve(entry.path, sample=sample.id, key=key, directory=reader.directory)
-            record = self._read(full, entry.path, sample=sample.id, key=key, manager=manager, reader=reader)
+            record = self._read(full, entry.path, sample=sample.id, key=key, manager=manager, reader=reader,
+                                options=entry.options)
         if entry.fields:
             missing = sorted(src for src in entry.fields.values() if src not in record)
             if missing:

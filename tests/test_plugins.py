@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import mmtok
@@ -347,3 +348,35 @@ def test_a_codec_folder_without_config_json_says_exactly_that(tmp_path):
         registry.codec("tok_vitals", manager)
     problems = [str(p) for p in registry.check(manager)]
     assert len(problems) == 1 and "has no config.json" in problems[0], problems
+
+
+def test_manifest_options_reach_the_reader_and_unknown_options_are_refused(tmp_path):
+    """A path entry's ``options`` are the reader's keyword arguments (a frame of a stack); an
+    option the reader does not declare is one line naming the reader and the options it takes;
+    options on a table entry are refused when the manifest is checked."""
+    from mmtok.manifest import Manifest, SampleError
+
+    def read(path, frame: int = 0):
+        return {"values": np.load(path)[frame]}
+
+    class Plugin:
+        @mmtok.hookimpl
+        def mmtok_readers(self):
+            return [mmtok.ReaderSpec("stack", (".stk",), read)]
+
+    manager = PluginManager(entrypoints=False)
+    manager.register(Plugin(), "stacks")
+    with open(tmp_path / "a.stk", "wb") as fh:
+        np.save(fh, np.arange(6.0).reshape(3, 2))
+    entries = [{"path": "a.stk", "options": {"frame": 2}}, {"path": "a.stk", "options": {"slice": 1}}, "a.stk"]
+    (tmp_path / "m.json").write_text(json.dumps({"samples": [
+        {"id": f"s{i}", "modalities": {"x": e}} for i, e in enumerate(entries)]}))
+    man = Manifest.load(tmp_path / "m.json")
+    assert man.record(man.samples[0], "x", manager)["values"].tolist() == [4.0, 5.0]
+    assert man.record(man.samples[2], "x", manager)["values"].tolist() == [0.0, 1.0]
+    with pytest.raises(SampleError, match=r"sample 's1', x: the 'stack' reader takes no option\(s\) \['slice'\]; "
+                                          r"its options are \['frame'\]"):
+        man.record(man.samples[1], "x", manager)
+    (tmp_path / "t.json").write_text(json.dumps({"tables": {"t": {"path": "t.csv"}}, "samples": [
+        {"id": "a", "modalities": {"x": {"table": "t", "row": 0, "options": {"frame": 1}}}}]}))
+    assert any("'options' only applies to path entries" in p.reason for p in Manifest.load(tmp_path / "t.json").problems)
