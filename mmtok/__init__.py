@@ -23,7 +23,8 @@ from mmtok.io import (DamagedFileError, OutputLock, atomic_write, load_weights_i
                       read_checkpoint, read_json, read_safetensors, write_checkpoint, write_json)
 from mmtok.modalities import Columns, Image, Scalars, Spectrum, Volume, stack_columns
 from mmtok.modality import Modality
-from mmtok.quantize import ContinuousConfig, FSQConfig, LFQConfig, QuantizerConfig, ResidualVQConfig, VQConfig
+from mmtok.quantize import (ContinuousConfig, FSQConfig, LFQConfig, QuantizerConfig, ResidualVQConfig, VQConfig,
+                            build_quantizer)
 from mmtok.readers import read_csv, read_npy, read_npz
 from mmtok.tokens import TokenBatch, TokenStream
 
@@ -52,7 +53,7 @@ __all__ = [
     "eval_mode", "PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec",
     "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig", "CategoricalCodec",
     "CategoricalCodecConfig", "QuantizerConfig", "FSQConfig", "VQConfig", "LFQConfig", "ResidualVQConfig",
-    "ContinuousConfig",
+    "ContinuousConfig", "build_quantizer",
     # plugin contract
     "hookimpl", "CodecSpec", "ReaderSpec", "HeadSpec", "BundleSpec", "PretrainedSpec", "SampleCheckSpec",
     "CommandSpec",

@@ -238,6 +238,9 @@ def _fit_codec(args: argparse.Namespace) -> int:
         raise MmtokError(f"{args.manifest}: only {len(items)} sample(s) have {entry.modality!r}; "
                          "need at least 2 to fit a codec")
     shapes = {tuple(getattr(m, codec.field).shape[1:]) for m in items}
+    if len(shapes) > 1:  # a codec that brings any input onto its own grid (images resized to 64 x 64) does so
+        items = [codec.canonical(m) for m in items]
+        shapes = {tuple(getattr(m, codec.field).shape[1:]) for m in items}
     if len(shapes) > 1:
         raise MmtokError(f"{entry.modality!r} samples have different shapes {sorted(shapes)}; "
                          "resample or crop them to one shape first")

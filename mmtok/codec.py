@@ -341,6 +341,12 @@ class Codec(nn.Module):
         or for codecs that resample / window the input on their grid."""
         return getattr(m, self.field)
 
+    def canonical(self, m: Modality) -> Modality:
+        """``m`` brought onto the grid this codec tokenizes (resized, resampled, cropped), so that
+        samples of different shapes can be collated for fitting (`mmtok fit-codec`). Default:
+        unchanged (codecs that need one shape refuse others in `encode`)."""
+        return m
+
     def passthrough_fields(self, m: Modality) -> dict[str, Any]:
         """The fields of ``m`` this codec does not tokenize, e.g. to pass to `decode`."""
         return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)
