@@ -11,9 +11,9 @@ Contenders, each one call:
   backward, update) of `ConditionalVAE` / `DisentangledConditionalVAE` (default configs) on a
   batch of real images;
 * ``matmul peak``: square fp32 matmuls (bf16 on CUDA), the machine's own reference;
-* ``mmtok encode``: `mmtok.encode_manifest` of the example manifest repeated 8 times (216 samples:
+* ``mmtok encode``: `mmtok.encode_manifest` of the example manifest repeated 8 times (224 samples:
   reading every file, preprocessing, the `medimg-vae-fsq` codec shipped in the wheel, writing the
-  shards), against ``codec.encode`` of the same 216 images already in memory (the bare codec).
+  shards), against ``codec.encode`` of the same 224 images already in memory (the bare codec).
 
 Reported: images/s (batch / step time), MFU = counted FLOPs per step (``torch.utils.flop_counter``)
 / step time / matmul peak, and encode images/s with its ratio to the bare codec. Timing:

@@ -29,7 +29,7 @@ def mmtok_cli(*args: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE.parents[1] / "runs" / "medimg")
+    parser.add_argument("--out", type=Path, default=HERE.parents[1] / "runs" / "medimg_example")
     parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args()
     out = args.out.resolve()
