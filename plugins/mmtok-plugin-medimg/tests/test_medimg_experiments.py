@@ -77,3 +77,15 @@ def test_cli_train_evaluate_sample_classify(tmp_path):
     assert out.returncode != 0 and "oct" in out.stderr and "Traceback" not in out.stderr
     out = _cli("classify", str(tmp_path / "missing.png"), cwd=tmp_path)
     assert out.returncode != 0 and "missing.png" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bundle_example_runs_on_the_shared_transformer(tmp_path):
+    """examples/medimg/bundle.py end to end at a few steps: files -> encode -> Trainer -> embeddings
+    scored on the held-out sources (the pipeline; the README's numbers are from 400 steps)."""
+    out = subprocess.run([sys.executable, str(EXAMPLE / "bundle.py"), "--steps", "4", "--codec-steps", "4",
+                          "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    for view in ("both streams", "patch tokens only", "VAE latent tokens only"):
+        assert 0.0 <= result[view]["knn_accuracy"] <= 1.0 and -1.0 <= result[view]["silhouette"] <= 1.0
+    assert "| both streams |" in (tmp_path / "b" / "bundle.md").read_text()
