@@ -101,7 +101,12 @@ def test_plugin_is_discovered_and_conforms():
     assert {"nir-spectrum-fsq", "nir-spectrum-continuous"} <= set(pm.tables["codecs"])
     import mmtok_plugin_nir.plugin as plugin
     small = {"size": [256]}
-    check_plugin(plugin, codec_overrides={"nir-spectrum-fsq": small, "nir-spectrum-continuous": small})
+    tiny_fm = {"pool": 1, "spectralfm": {"n_points": 256, "patch_size": 32, "d_model": 16, "n_mamba_layers": 1,
+                                         "d_state": 4, "expand": 1, "n_heads": 2, "n_transformer_layers": 1,
+                                         "z_chem": 8, "z_inst": 4, "fno_modes": 4, "fno_width": 4,
+                                         "wavelet_levels": 2}}
+    check_plugin(plugin, codec_overrides={"nir-spectrum-fsq": small, "nir-spectrum-continuous": small,
+                                          "nir-spectralfm-tokens": tiny_fm})
 
 
 def test_codec_on_real_spectra():

@@ -129,8 +129,8 @@ def test_bad_transfer_requests_are_clear_errors(capsys):
     assert "no instrument 'mp9'" in capsys.readouterr().err
     base = ["transfer", "--source", "m5", "--target", "mp6", "--property", "oil", "--n-transfer", "5"]
     assert main([*base, "--method", "pls"]) == 2
-    assert "method: expected one of ['cca', 'dipls', 'ds', 'pds', 'pls-source', 'sbc', 'spectralfm'], found 'pls'" \
-        in capsys.readouterr().err
+    assert ("method: expected one of ['pls-source', 'sbc', 'ds', 'pds', 'cca', 'dipls', 'cnn', 'transformer', "
+            "'lora-ct', 'spectralfm', 'shared-model'], found 'pls'") in capsys.readouterr().err
     assert main([*base, "--method", "spectralfm", "--checkpoint", "/no/such/run"]) == 2
     assert "checkpoint: expected SpectralFM weights at /no/such/run, found no such file" in capsys.readouterr().err
     assert main([*base, "--method", "spectralfm", "--checkpoint", "/no/such/run", "--spectralfm", "foo=1"]) == 2

@@ -426,6 +426,7 @@ def dipls_fit(x, y, xs, xt, n_components: int, l: float) -> np.ndarray:
 
 
 _CALIBRATIONS: dict[str, PLSCalibration] = {}
+_DIPLS: dict[str, np.ndarray] = {}      # di-PLS regression vectors by (data, latent variables, l)
 
 
 class _Transfer:
@@ -523,26 +524,47 @@ class DirectStandardization(_SpectralMap):
 
 
 class PiecewiseDirectStandardization(_SpectralMap):
-    """"pds": see pds_fit. Defaults: half_window 5 (11 channels, 22 nm on Corn's 2 nm grid: wide
-    enough for the few-nm shifts and broadening between instruments, narrow enough to stay local)
-    and 1 latent variable per window (capped at N - 1). Neighbouring channels are nearly collinear
-    and ~10 standards support little more: on Corn m5 -> mp6 the mapped-spectrum error on
-    non-standard samples is lowest with 1 LV for windows of 5 to 17 channels and N = 10 or 20,
-    and grows with each added LV."""
+    """"pds": see pds_fit. half_window / transfer_components None (the default) = chosen by
+    nested validation inside the N standards (`_standards_cv`: K = min(5, N) folds; each fold fits
+    PDS on the other standards and scores the source model on the held-out standards' mapped
+    target spectra against y_std) over half windows (2, 5, 8, 12) x 1-2 latent variables; with
+    N < 4 there is too little to validate and the prior choice applies: half_window 5 (11
+    channels) and 1 latent variable per window (capped at N - 1)."""
 
     name = "pds"
     min_pairs = 2
+    grid = tuple((w, lv) for w in (2, 5, 8, 12) for lv in (1, 2))
 
-    def __init__(self, half_window: int = 5, transfer_components: int = 1, **pls) -> None:
+    def __init__(self, half_window: int | None = None, transfer_components: int | None = None, **pls) -> None:
         super().__init__(**pls)
         self.half_window = half_window
         self.transfer_components = transfer_components
 
     def fit(self, task: TransferTask) -> "PiecewiseDirectStandardization":
-        self._fit_source(task)
-        lv = min(self.transfer_components, task.n_pairs - 1)
-        self.F_, self.a_ = pds_fit(task.X_source_std, task.X_target_std, self.half_window, lv)
+        cal = self._fit_source(task)
+        grid = [(self.half_window or w, self.transfer_components or lv) for w, lv in self.grid]
+        grid = list(dict.fromkeys(grid))
+        if len(grid) > 1 and task.n_pairs >= 4:
+            def score(hw_lv, tr, va):
+                hw, lv = hw_lv
+                F, a = pds_fit(task.X_source_std[tr], task.X_target_std[tr], hw, min(lv, tr.size - 1))
+                return (cal.predict(task.X_target_std[va] @ F + a) - task.y_std[va]) ** 2
+            self.validation_ = {f"w{hw}_lv{lv}": _standards_cv(task, lambda tr, va, c=(hw, lv): score(c, tr, va),
+                                                                self.random_state) for hw, lv in grid}
+            hw, lv = grid[int(np.argmin(list(self.validation_.values())))]
+        else:
+            hw, lv = (self.half_window or 5, self.transfer_components or 1)
+        self.chosen_ = {"half_window": hw, "transfer_components": min(lv, task.n_pairs - 1)}
+        self.F_, self.a_ = pds_fit(task.X_source_std, task.X_target_std, hw, self.chosen_["transfer_components"])
         return self
+
+
+def _standards_cv(task: TransferTask, squared_errors, random_state: int = 0) -> float:
+    """Validation RMSE over K = min(5, N) shuffled folds of the N transfer standards;
+    squared_errors(train_rows, held_out_rows) -> (len(held_out),) squared errors."""
+    folds = KFold(min(5, task.n_pairs), shuffle=True, random_state=random_state)
+    sq = [squared_errors(tr, va) for tr, va in folds.split(task.X_target_std)]
+    return float(np.sqrt(np.concatenate(sq).mean()))
 
 
 class CCATransfer(_SpectralMap):
@@ -572,20 +594,25 @@ class DomainInvariantPLS(_Transfer):
     scale-free (the penalty is l / y'y times eigenvalues of D, which scale with absorbance^2). The
     default 1e5 is where the penalty starts to act on the leading discrepancy directions of raw
     Corn-like absorbance (l d_i / y'y >= 1 for the ~5 largest eigenvalues d_i of D); tune it per
-    data set.
+    data set. l None (the default) = chosen by nested validation when N >= 4 target standards
+    are given: di-PLS never uses their labels for fitting, so it is fitted on all the data for
+    each l in 1e2 .. 1e8 (7 values) and scored on the standards' y_std; with N < 4 the prior 1e5.
     """
 
     name = "dipls"
     min_pairs = 0
+    l_grid = tuple(10.0 ** np.arange(2, 9))
 
-    def __init__(self, latent_variables: int | None = None, l: float = 1e5, **pls) -> None:
+    def __init__(self, latent_variables: int | None = None, l: float | None = None, **pls) -> None:
         super().__init__(**pls)
         self.latent_variables = latent_variables
         self.l = l
 
     def fit(self, task: TransferTask) -> "DomainInvariantPLS":
         cal = self._fit_source(task)
-        xt = np.vstack([task.X_target_unlabeled, task.X_target_std])
+        # the target spectra, each once (the protocol's standards are also among the unlabelled pool
+        # spectra): the fit then depends on the draw only through y_std, so it is cached across draws
+        xt = np.unique(np.vstack([task.X_target_unlabeled, task.X_target_std]), axis=0)
         if xt.shape[0] < 2:
             raise TransferInputError(f"{self.name}: X_target_unlabeled / X_target_std: expected at least 2 "
                                      f"target spectra in all, found {xt.shape[0]}")
@@ -596,8 +623,26 @@ class DomainInvariantPLS(_Transfer):
         mean_x = task.X_cal.mean(axis=0)
         self.mean_target_ = xt.mean(axis=0)
         self.y_mean_ = float(task.y_cal.mean())
-        self.b_ = dipls_fit(task.X_cal - mean_x, task.y_cal - self.y_mean_, task.X_cal - mean_x,
-                            xt - self.mean_target_, A, self.l)
+        base = hashlib.sha1(task.X_cal.tobytes() + task.y_cal.tobytes() + xt.tobytes() + repr(A).encode()).hexdigest()
+
+        def fit_l(l):
+            key = f"{base}{l!r}"
+            if key not in _DIPLS:
+                if len(_DIPLS) >= 256:
+                    _DIPLS.pop(next(iter(_DIPLS)))
+                _DIPLS[key] = dipls_fit(task.X_cal - mean_x, task.y_cal - self.y_mean_, task.X_cal - mean_x,
+                                        xt - self.mean_target_, A, l)
+            return _DIPLS[key]
+
+        if self.l is None and task.n_pairs >= 4:
+            fits = {l: fit_l(l) for l in self.l_grid}
+            self.validation_ = {l: float(np.sqrt(np.mean(((task.X_target_std - self.mean_target_) @ b + self.y_mean_
+                                                          - task.y_std) ** 2))) for l, b in fits.items()}
+            self.l_ = min(self.validation_, key=self.validation_.get)
+            self.b_ = fits[self.l_]
+        else:
+            self.l_ = 1e5 if self.l is None else self.l
+            self.b_ = fit_l(self.l_)
         return self
 
     def predict(self, X_target) -> np.ndarray:

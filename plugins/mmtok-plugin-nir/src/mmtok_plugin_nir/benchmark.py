@@ -25,31 +25,54 @@ __all__ = ["N_VALUES", "CLASSICAL", "default_pairs", "method_factory", "min_pair
 
 N_VALUES = (0, 5, 10, 20, 30, 50)
 CLASSICAL = ("pls-source", "sbc", "ds", "pds", "cca", "dipls")
+#: the card's deep-learning baselines (`deep_baselines`)
+DEEP = ("cnn", "transformer", "lora-ct")
+#: methods that need a pretrained SpectralFM (``checkpoint``)
+PRETRAINED = ("spectralfm", "shared-model")
+#: every method, in report order
+ALL_METHODS = (*CLASSICAL, *DEEP, *PRETRAINED)
 #: the card's target: SpectralFM with 10 samples must beat LoRA-CT with 50 samples (R2 = 0.952)
 TARGET_R2 = 0.952
 
 
 def default_pairs(data: PairedSpectra) -> list[tuple[str, str]]:
-    """Instrument pairs in the order the data set lists them (Corn: m5->mp5, m5->mp6, mp5->mp6)."""
+    """Instrument pairs: with two instruments both directions (Tablet: inst1->inst2, inst2->inst1);
+    with more, each pair once in the order the data set lists them (Corn: m5->mp5, m5->mp6, mp5->mp6)."""
+    if len(data.instruments) == 2:
+        return list(itertools.permutations(data.instruments, 2))
     return list(itertools.combinations(data.instruments, 2))
+
+
+def _checked(cls, options: dict, skip: set[str], name: str) -> dict:
+    known = set(inspect.signature(cls).parameters) - skip
+    if set(options) - known:
+        raise TransferInputError(f"{name} options: expected some of {sorted(known)}, found "
+                                 f"{sorted(set(options) - known)}")
+    return options
 
 
 def method_factory(name: str, data: PairedSpectra, checkpoint: Path | None = None, **options) -> Callable[[], object]:
     """A zero-argument constructor of a fresh method (one per repeat)."""
-    if name == "spectralfm":
-        # the SpectralFM model loads only for benchmarks that run it (classical ones need numpy only)
-        from mmtok_plugin_nir.transfer import SpectralFMTransfer
-
+    if name in PRETRAINED:
         if checkpoint is None:
-            raise ValueError("method 'spectralfm' needs a pretrained checkpoint (mmtok nir pretrain --out DIR)")
-        known = set(inspect.signature(SpectralFMTransfer).parameters) - {"checkpoint", "wavelength_nm"}
-        if set(options) - known:
-            raise ValueError(f"spectralfm options: expected some of {sorted(known)}, found "
-                             f"{sorted(set(options) - known)}")
-        return lambda: SpectralFMTransfer(checkpoint, data.wavelength_nm, **options)
+            raise TransferInputError(f"method {name!r} needs a pretrained SpectralFM checkpoint "
+                                     "(mmtok nir pretrain --out DIR, then --checkpoint DIR)")
+        if name == "spectralfm":
+            # the SpectralFM model loads only for benchmarks that run it (classical ones need numpy only)
+            from mmtok_plugin_nir.transfer import SpectralFMTransfer as cls
+        else:
+            from mmtok_plugin_nir.shared_model import SharedModelTransfer as cls
+        options = _checked(cls, options, {"checkpoint", "wavelength_nm"}, name)
+        return lambda: cls(checkpoint, data.wavelength_nm, **options)
+    if name in DEEP:
+        from mmtok_plugin_nir.deep_baselines import make_deep_method
+
+        make_deep_method(name, data.wavelength_nm, **options)      # bad options fail here, before any work
+        return lambda: make_deep_method(name, data.wavelength_nm, **options)
     if name not in METHODS:   # unknown names fail here, before any work
-        raise TransferInputError(f"method: expected one of {sorted([*METHODS, 'spectralfm'])}, found {name!r}")
-    return lambda: make_method(name)
+        raise TransferInputError(f"method: expected one of {list(ALL_METHODS)}, found {name!r}")
+    options = _checked(METHODS[name], options, set(), name)
+    return lambda: make_method(name, **options)
 
 
 def min_pairs(factory: Callable[[], object]) -> int:
@@ -75,42 +98,66 @@ def _read(path: Path) -> list[dict]:
 def run_benchmark(out: str | Path, dataset: str = "corn", methods: Sequence[str] = CLASSICAL,
                   n_values: Sequence[int] = N_VALUES, pairs: Sequence[tuple[str, str]] | None = None,
                   properties: Sequence[str] | None = None, repeats: int = 10, checkpoint: Path | None = None,
-                  spectralfm_options: dict | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Run (or resume) the benchmark into ``out``; returns all result rows."""
+                  spectralfm_options: dict | None = None, seed: int = 0, progress: bool = True,
+                  method_options: dict[str, dict] | None = None) -> list[dict]:
+    """Run (or resume) the benchmark into ``out``; returns all result rows.
+
+    method_options: per-method constructor options ({"spectralfm": {"head": "auto"}, ...});
+    ``spectralfm_options`` is the same as method_options["spectralfm"]. A cell computed with other
+    options (or another data set, repeats, seed) is not reused.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(dataset)
     pairs = list(pairs or default_pairs(data))
-    properties = list(properties or data.property_names)
+    for source, target in pairs:
+        data.instrument(source), data.instrument(target)
+    properties = [data.property_name(p) for p in (properties or data.property_names)]
     pool = calibration_split(data, seed=seed)[0]
     if max(n_values) > pool.size:
         raise ValueError(f"n_values: N = {max(n_values)} exceeds the {pool.size} paired samples in the "
                          f"{dataset} calibration pool")
     results_path = out / "results.jsonl"
-    options = dict(spectralfm_options or {})
+    options = {m: dict(o) for m, o in (method_options or {}).items()}
+    if spectralfm_options:
+        options["spectralfm"] = {**options.get("spectralfm", {}), **spectralfm_options}
     rows = [r for r in _read(results_path)   # cells of another configuration are not reused
             if (r.get("dataset"), r.get("repeats"), r.get("seed")) == (dataset, repeats, seed)
-            and r.get("options", {}) == (options if r["method"] == "spectralfm" else {})]
+            and r.get("options", {}) == options.get(r["method"], {})]
     done = {_key(r) for r in rows}
-    factories = {m: method_factory(m, data, checkpoint, **(options if m == "spectralfm" else {})) for m in methods}
+    factories = {m: method_factory(m, data, checkpoint, **options.get(m, {})) for m in methods}
+    needed = {m: min_pairs(f) for m, f in factories.items()}
+    cells = [(s, t, p, n, m) for (s, t), p, n, m in itertools.product(pairs, properties, n_values, methods)
+             if (m, s, t, p, n) not in done and n >= needed[m]]
+    bar = _progress(len(cells), progress)
     with open(results_path, "a") as log:
-        for (source, target), prop, n, method in itertools.product(pairs, properties, n_values, methods):
-            if (method, source, target, prop, n) in done or n < min_pairs(factories[method]):
-                continue
+        for source, target, prop, n, method in cells:
             setting = TransferSetting(dataset, source, target, prop, n, repeats, seed)
             t0 = time.perf_counter()
             row = run_transfer(data, setting, factories[method], method).to_json()
-            if method == "spectralfm" and options:
-                row["options"] = options
+            if options.get(method):
+                row["options"] = options[method]
             rows.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
-            if progress:
-                print(f"{method:>11} {source}->{target} {prop:<9} N={n:<3} RMSEP {row['rmsep']:.4f} +- "
-                      f"{row['rmsep_std']:.4f}  R2 {row['r2']:.3f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
+            if bar is not None:
+                bar.set_description(f"{method} {source}->{target} {prop} N={n}")
+                bar.set_postfix_str(f"RMSEP {row['rmsep']:.3f} ({time.perf_counter() - t0:.1f} s)")
+                bar.update()
+    if bar is not None:
+        bar.close()
     write_report(rows, out / "report.md", dataset)
     plot_rmsep(rows, out / "rmsep_vs_n.png", dataset)
     return rows
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar over the benchmark's cells (None when disabled)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="cell", dynamic_ncols=True)
 
 
 def _cell(row: dict | None) -> str:

@@ -29,30 +29,60 @@ def _pretrain(args) -> None:
     from mmtok_plugin_nir.pretrain import PretrainConfig, pretrain
 
     model = {"cpu": SpectralFMConfig.cpu, "default": SpectralFMConfig, "card": SpectralFMConfig.card}[args.size]()
+    datasets = PretrainConfig.datasets if args.datasets == "all" else tuple(_csv(args.datasets))
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         datasets=tuple(_csv(args.datasets)), model=model.to_dict())
+                         datasets=datasets, sampling_alpha=args.sampling_alpha, vib_weight=args.vib_weight,
+                         kl_warmup=args.kl_warmup, free_bits=args.free_bits,
+                         snapshot_steps=tuple(int(s) for s in _csv(args.snapshot_steps or "")),
+                         checkpoint_every=args.checkpoint_every, model=model.to_dict())
     summary = pretrain(args.out, cfg, progress=not args.quiet)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
 
 
+def _value(text: str):
+    """A KEY=VALUE value: int, float, a tuple when it holds "/" (auto_heads=ridge/pls), else str."""
+    text = text.strip()
+    if "/" in text:
+        return tuple(_value(t) for t in text.split("/") if t.strip())
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _spectralfm_options(text: str | None) -> dict:
-    """``--spectralfm ttt_steps=0,transfer_steps=30`` -> {"ttt_steps": 0, "transfer_steps": 30}."""
+    """``--spectralfm ttt_steps=0,head=auto`` -> {"ttt_steps": 0, "head": "auto"}."""
     options = {}
     for item in _csv(text or ""):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--spectralfm: expected KEY=VALUE items, found {item!r}")
-        options[key.strip()] = float(value) if any(c in value for c in ".e") else int(value)
+        options[key.strip()] = _value(value)
+    return options
+
+
+def _method_options(args) -> dict[str, dict]:
+    """``--set cnn.epochs=100 --set spectralfm.head=auto`` (+ ``--spectralfm``) -> per-method options."""
+    options: dict[str, dict] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not (sep and dot and method and name):
+            raise ValueError(f"--set: expected METHOD.KEY=VALUE, found {item!r}")
+        options.setdefault(method.strip(), {})[name.strip()] = _value(value)
+    if args.spectralfm:
+        options["spectralfm"] = {**options.get("spectralfm", {}), **_spectralfm_options(args.spectralfm)}
     return options
 
 
 def _methods(args) -> list[str]:
-    from mmtok_plugin_nir.benchmark import CLASSICAL
+    from mmtok_plugin_nir.benchmark import ALL_METHODS, PRETRAINED
 
-    methods = list(CLASSICAL) if args.method == "all" else _csv(args.method)
-    if args.checkpoint and "spectralfm" not in methods and args.method == "all":
-        methods.append("spectralfm")
-    return methods
+    if args.method != "all":
+        return _csv(args.method)
+    return [m for m in ALL_METHODS if args.checkpoint or m not in PRETRAINED]
 
 
 def _transfer(args) -> None:
@@ -61,14 +91,13 @@ def _transfer(args) -> None:
     from mmtok_plugin_nir.protocol import TransferSetting, run_transfer
 
     data = load_dataset(args.dataset)
-    names = [p.lower() for p in data.property_names]
-    prop = data.property_names[names.index(args.property.lower())] if args.property.lower() in names else args.property
+    prop = data.property_name(args.property)
     setting = TransferSetting(args.dataset, args.source, args.target, prop, args.n_transfer, args.repeats, args.seed)
     print(f"{args.dataset}: {args.source} -> {args.target}, {prop}, N = {args.n_transfer}, {args.repeats} repeats")
     print("| method | R² | RMSEP | RPD | bias |\n|---|---:|---:|---:|---:|")
     for method in _methods(args):
         factory = method_factory(method, data, Path(args.checkpoint) if args.checkpoint else None,
-                                 **(_spectralfm_options(args.spectralfm) if method == "spectralfm" else {}))
+                                 **_method_options(args).get(method, {}))
         needed = min_pairs(factory)
         if args.n_transfer < needed:
             print(f"| {method} | needs N >= {needed} | | | |")
@@ -84,8 +113,8 @@ def _benchmark(args) -> None:
     pairs = [tuple(p.split("-")) for p in _csv(args.pairs)] if args.pairs else None
     run_benchmark(args.out, args.dataset, _methods(args), [int(n) for n in _csv(args.n_values)], pairs,
                   _csv(args.properties) if args.properties else None, args.repeats,
-                  Path(args.checkpoint) if args.checkpoint else None, _spectralfm_options(args.spectralfm),
-                  seed=args.seed, progress=not args.quiet)
+                  Path(args.checkpoint) if args.checkpoint else None, seed=args.seed, progress=not args.quiet,
+                  method_options=_method_options(args))
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'rmsep_vs_n.png'}")
 
 
@@ -93,13 +122,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """The ``nir`` command's arguments: the subcommands pretrain | transfer | benchmark."""
     sub = parser.add_subparsers(dest="nir_command", required=True, metavar="{pretrain,transfer,benchmark}")
 
-    p = sub.add_parser("pretrain", help="self-supervised SpectralFM pretraining on Corn + Tablet (resumable)")
+    p = sub.add_parser("pretrain", help="self-supervised SpectralFM pretraining on the corpus: Corn + Tablet "
+                                        "+ 9 spectra_more sources, NIR and IR (resumable)")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--datasets", default="corn,tablet")
+    p.add_argument("--datasets", default="all",
+                   help="'all' (the full corpus) or comma-separated sources: corn, tablet, fruit, octane, tecator, "
+                        "gasoline, mayonnaise, yarn, fermentation, coffee, collagen")
+    p.add_argument("--sampling-alpha", type=float, default=1.0,
+                   help="each batch's source is drawn with probability ~ size**alpha (1: proportional, 0.5: tempered)")
+    p.add_argument("--vib-weight", type=float, default=0.05, help="weight of the VIB KL (the card's 0.05)")
+    p.add_argument("--kl-warmup", type=int, default=0, help="steps of a linear KL-weight ramp 0 -> --vib-weight")
+    p.add_argument("--free-bits", type=float, default=0.0, help="KL floor per latent dimension (nats), 0 = off")
+    p.add_argument("--snapshot-steps", default="", help="e.g. 500,1000: also save model_step{N}.safetensors")
+    p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--size", choices=("cpu", "default", "card"), default="cpu",
                    help="cpu: 1.8M parameters, patch 32, cheap scan (laptop); default: 2.0M, patch 16; "
                         "card: the card's ~10M parameters")
@@ -110,10 +149,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                ("benchmark", _benchmark, "every method x N x pair x property: report.md + PNG")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--dataset", default="corn", choices=("corn", "tablet"))
-        p.add_argument("--method", default="all", help="comma-separated names or 'all' (spectralfm needs --checkpoint)")
-        p.add_argument("--checkpoint", help="a pretrained SpectralFM run directory")
+        p.add_argument("--method", default="all",
+                       help="comma-separated names or 'all': pls-source, sbc, ds, pds, cca, dipls, cnn, transformer, "
+                            "lora-ct, and with --checkpoint spectralfm, shared-model (default: all)")
+        p.add_argument("--checkpoint", help="a pretrained SpectralFM run directory (mmtok nir pretrain --out DIR)")
         p.add_argument("--spectralfm", metavar="KEY=VALUE,...",
-                       help="SpectralFMTransfer options, e.g. ttt_steps=0 or transfer_steps=30,lr=1e-5")
+                       help="SpectralFMTransfer options, e.g. head=auto,features=tokens or ttt_steps=0")
+        p.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE",
+                       help="an option of one method, repeatable, e.g. --set pds.half_window=5 --set cnn.seed=1")
         p.add_argument("--repeats", type=int, default=10)
         p.add_argument("--seed", type=int, default=0)
         if name == "transfer":

@@ -91,12 +91,16 @@ class PairedSpectra:
             raise NIRDataError(f"{self.name}: properties: expected ({n}, {len(self.property_names)}), "
                                f"found {self.properties.shape}")
 
-    def property(self, name: str) -> np.ndarray:
-        """(n,) reference values of one property (case-insensitive name)."""
+    def property_name(self, name: str) -> str:
+        """The data set's spelling of a property name (case-insensitive), or a clear error."""
         names = [p.lower() for p in self.property_names]
         if name.lower() not in names:
             raise NIRDataError(f"{self.name}: no property {name!r}; properties are {list(self.property_names)}")
-        return self.properties[:, names.index(name.lower())]
+        return self.property_names[names.index(name.lower())]
+
+    def property(self, name: str) -> np.ndarray:
+        """(n,) reference values of one property (case-insensitive name)."""
+        return self.properties[:, list(self.property_names).index(self.property_name(name))]
 
     def instrument(self, name: str) -> np.ndarray:
         """(n, k) spectra of one instrument."""

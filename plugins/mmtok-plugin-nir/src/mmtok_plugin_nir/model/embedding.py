@@ -2,7 +2,8 @@
 
 A patch token fuses (one linear projection) a Conv1d patch embedding of the full-resolution
 spectrum with multi-scale wavelet features of the same patch, then adds a positional code of the
-actual wavenumber. The DWT runs as fixed stride-2 convolutions with the pywt filter bank
+actual wavenumber, or, for a spectrum whose axis is unknown (a channel index is not a
+wavelength), a separate learned code of the relative channel position. The DWT runs as fixed stride-2 convolutions with the pywt filter bank
 (``pywt.Wavelet(name).dec_lo / dec_hi``): on the tensor's device and differentiable.
 """
 
@@ -66,7 +67,8 @@ def block_mask(batch: int, n_patches: int, ratio: float = 0.3, generator: torch.
 
 
 class WaveletEmbedding(nn.Module):
-    """x (b, l) + wavelength_nm (b, l) or (l,) + domain (b,) -> tokens (b, 2 + l / patch_size, d).
+    """x (b, l) + wavelength_nm (b, l) or (l,) + domain (b,) [+ axis_known (b,)] -> tokens
+    (b, 2 + l / patch_size, d).
 
     Token 0 is a learned [CLS], token 1 the [DOMAIN] embedding (0 NIR, 1 IR, 2 RAMAN), then one
     token per patch: fuse([Conv1d patch embedding (d), wavelet features (2 levels + 1)]) +
@@ -78,13 +80,20 @@ class WaveletEmbedding(nn.Module):
     Wavenumber code: sin / cos of k = 1e7 / wavelength_nm (cm^-1) at n_freqs periods spaced
     geometrically from 4 to 20000 cm^-1, averaged over each patch, then a Linear to d.
 
+    Axis unknown (axis_known[i] False, e.g. the spectra_more sets fruit, yarn and coffee, whose
+    only axis is a channel index): the wavenumber code is replaced by a *relative-position code*,
+    sin / cos(pi m t) for m = 1..n_rel_freqs of the channel fraction t in (0, 1) (channel centre /
+    l), averaged per patch, then its own Linear to d (``rel_pos``, not ``pos``). The sample's
+    wavelength_nm row is ignored (it may be anything, or wavelength_nm may be None when no sample
+    has an axis), so an index is never read as a wavelength. axis_known None = every axis known.
+
     mask (b, p) bool: masked samples are set to 0 (the SNV mean) before the patch conv and the
     DWT, so no neighbouring token sees them, and masked tokens become a learned [MASK] vector
     (keeping their wavenumber code, so the model knows where the gap is).
     """
 
     def __init__(self, d_model: int = 128, patch_size: int = 16, wavelet: str = "db4", levels: int = 4,
-                 n_domains: int = 3, n_freqs: int = 32, dwt_mode: str = "symmetric"):
+                 n_domains: int = 3, n_freqs: int = 32, dwt_mode: str = "symmetric", n_rel_freqs: int = 16):
         super().__init__()
         self.patch_size, self.levels, self.dwt_mode = patch_size, levels, dwt_mode
         w = pywt.Wavelet(wavelet)
@@ -98,6 +107,9 @@ class WaveletEmbedding(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(d_model) * 0.02)
         self.mask_token = nn.Parameter(torch.randn(d_model) * 0.02)
         self.domain_embed = nn.Embedding(n_domains, d_model)
+        self.register_buffer("rel_freqs", math.pi * torch.arange(1, n_rel_freqs + 1, dtype=torch.float64),
+                             persistent=False)
+        self.rel_pos = nn.Linear(2 * n_rel_freqs, d_model)
 
     def n_patches(self, n_points: int) -> int:
         """Number of patch tokens for a spectrum of n_points samples."""
@@ -123,8 +135,39 @@ class WaveletEmbedding(nn.Module):
         code = torch.cat([ang.sin(), ang.cos()], dim=-1)
         return code.unflatten(-2, (-1, self.patch_size)).mean(-2)         # (*b, p, 2f)
 
-    def forward(self, x: Float[Tensor, "b l"], wavelength_nm: Float[Tensor, "*b l"],
-                domain: Int[Tensor, " b"], mask: Bool[Tensor, "b p"] | None = None) -> Float[Tensor, "b n d"]:
+    def relative_code(self, length: int) -> Float[Tensor, "p c"]:
+        """sin / cos(pi m t) of the channel fraction t = (i + 0.5) / length, averaged per patch."""
+        t = (torch.arange(length, dtype=torch.float64, device=self.rel_freqs.device) + 0.5) / length
+        ang = t[:, None] * self.rel_freqs                                  # (l, m)
+        code = torch.cat([ang.sin(), ang.cos()], dim=-1)
+        return code.unflatten(0, (-1, self.patch_size)).mean(1)            # (p, 2m)
+
+    def position(self, wavelength_nm: Float[Tensor, "*b l"] | None, axis_known: Bool[Tensor, " b"] | None,
+                 b: int, length: int, dtype: torch.dtype) -> Float[Tensor, "b p d"]:
+        """The position code of every patch: wavenumber code where the axis is known, the
+        relative-position code where it is not (see the class docstring)."""
+        if axis_known is None:
+            if wavelength_nm is None:
+                raise ValueError("WaveletEmbedding: wavelength_nm is None but axis_known is not given; pass "
+                                 "axis_known=torch.zeros(b, dtype=torch.bool) for spectra without a wavelength axis")
+            return self.pos(self.wavenumber_code(wavelength_nm).to(dtype)).expand(b, -1, -1)
+        axis_known = torch.as_tensor(axis_known, dtype=torch.bool, device=self.rel_freqs.device)
+        if axis_known.shape != (b,):
+            raise ValueError(f"WaveletEmbedding: axis_known: expected shape ({b},), found {tuple(axis_known.shape)}")
+        rel = self.rel_pos(self.relative_code(length).to(dtype)).expand(b, -1, -1)
+        if not bool(axis_known.any()):
+            return rel
+        if wavelength_nm is None:
+            rows = axis_known.nonzero()[:, 0].tolist()[:10]
+            raise ValueError(f"WaveletEmbedding: sample(s) {rows} are flagged axis_known but wavelength_nm is None")
+        wl = wavelength_nm.expand(b, length)
+        safe = torch.where(axis_known[:, None], wl, torch.ones_like(wl) * 1000.0)   # unknown rows: never read
+        known = self.pos(self.wavenumber_code(safe).to(dtype))
+        return torch.where(axis_known[:, None, None], known, rel)
+
+    def forward(self, x: Float[Tensor, "b l"], wavelength_nm: Float[Tensor, "*b l"] | None,
+                domain: Int[Tensor, " b"], mask: Bool[Tensor, "b p"] | None = None,
+                axis_known: Bool[Tensor, " b"] | None = None) -> Float[Tensor, "b n d"]:
         b, length = x.shape
         if length % self.patch_size:
             raise ValueError(f"WaveletEmbedding: length {length} is not a multiple of patch_size "
@@ -135,7 +178,7 @@ class WaveletEmbedding(nn.Module):
         tokens = self.fuse(torch.cat([patches, self.wavelet_features(x)], dim=-1))
         if mask is not None:
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
-        tokens = tokens + self.pos(self.wavenumber_code(wavelength_nm).to(tokens.dtype))
+        tokens = tokens + self.position(wavelength_nm, axis_known, b, length, tokens.dtype)
         cls = self.cls_token.expand(b, 1, -1).to(tokens.dtype)
         dom = self.domain_embed(domain)[:, None].to(tokens.dtype)
         return torch.cat([cls, dom, tokens], dim=1)

@@ -15,7 +15,8 @@ __all__ = ["FNOTransferHead", "RegressionHead", "SpectralConv1d", "VIBHead", "VI
 
 @dataclass
 class VIBOutput:
-    """z_* sampled in training, = mu in eval; kl = KL(q(z_chem, z_inst | x) || N(0, I)) (scalar)."""
+    """z_* sampled in training, = mu in eval; kl = KL(q(z_chem, z_inst | x) || N(0, I)) (scalar),
+    with the head's free-bits floor per dimension; kl_raw the same KL without the floor."""
 
     z_chem: Float[Tensor, "b zc"]
     z_inst: Float[Tensor, "b zi"]
@@ -24,17 +25,22 @@ class VIBOutput:
     mu_inst: Float[Tensor, "b zi"]
     logvar_inst: Float[Tensor, "b zi"]
     kl: Float[Tensor, ""]
+    kl_raw: Float[Tensor, ""] | None = None
 
 
 class VIBHead(nn.Module):
     """Variational information bottleneck: cls (b, d) -> Gaussian posteriors of z_chem (b, 128,
     chemistry) and z_inst (b, 64, instrument). Reparameterised samples in training, the means in
     eval; kl summed over both latents' dimensions, averaged over the batch. logvar is clamped to
-    [-10, 10]."""
+    [-10, 10].
 
-    def __init__(self, d_model: int, z_chem: int = 128, z_inst: int = 64):
+    free_bits (nats per dimension, default 0 = off): each dimension's batch-mean KL, of z_chem and
+    z_inst alike, is floored at this value (`losses.kl_loss`), an anti-collapse switch for
+    pretraining; a plain attribute (not part of the saved config), set by the pretraining loop."""
+
+    def __init__(self, d_model: int, z_chem: int = 128, z_inst: int = 64, free_bits: float = 0.0):
         super().__init__()
-        self.z_chem, self.z_inst = z_chem, z_inst
+        self.z_chem, self.z_inst, self.free_bits = z_chem, z_inst, free_bits
         self.chem = nn.Linear(d_model, 2 * z_chem)
         self.inst = nn.Linear(d_model, 2 * z_inst)
 
@@ -47,9 +53,11 @@ class VIBHead(nn.Module):
         mu_c, logvar_c = self.chem(cls).chunk(2, dim=-1)
         mu_i, logvar_i = self.inst(cls).chunk(2, dim=-1)
         logvar_c, logvar_i = logvar_c.clamp(-10, 10), logvar_i.clamp(-10, 10)
-        kl = kl_loss(mu_c, logvar_c) + kl_loss(mu_i, logvar_i)
+        kl_raw = kl_loss(mu_c, logvar_c) + kl_loss(mu_i, logvar_i)
+        kl = kl_raw if not self.free_bits else \
+            kl_loss(mu_c, logvar_c, self.free_bits) + kl_loss(mu_i, logvar_i, self.free_bits)
         return VIBOutput(self._sample(mu_c, logvar_c), self._sample(mu_i, logvar_i),
-                         mu_c, logvar_c, mu_i, logvar_i, kl)
+                         mu_c, logvar_c, mu_i, logvar_i, kl, kl_raw)
 
 
 class SpectralConv1d(nn.Module):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-__all__ = ["LOSS_WEIGHTS", "byol_loss", "cv_squared", "denoise_loss", "kl_loss", "log_sinkhorn",
+__all__ = ["LOSS_WEIGHTS", "byol_loss", "cv_squared", "denoise_loss", "kl_loss", "kl_per_dim", "log_sinkhorn",
            "moe_loss", "msrp_loss", "physics_loss", "physics_terms", "sinkhorn_loss",
            "symmetric_byol_loss", "total_loss"]
 
@@ -119,9 +119,23 @@ def physics_loss(spectrum: Float[Tensor, "b l"], mean: Float[Tensor, " b"] | Non
     return sum(physics_terms(spectrum, mean, std).values())
 
 
-def kl_loss(mu: Float[Tensor, "b z"], logvar: Float[Tensor, "b z"]) -> Float[Tensor, ""]:
-    """KL(N(mu, exp(logvar)) || N(0, I)), summed over z, averaged over the batch (>= 0)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1).mean()
+def kl_per_dim(mu: Float[Tensor, "b z"], logvar: Float[Tensor, "b z"]) -> Float[Tensor, " z"]:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each latent dimension, averaged over the batch (z,)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)
+
+
+def kl_loss(mu: Float[Tensor, "b z"], logvar: Float[Tensor, "b z"], free_bits: float = 0.0) -> Float[Tensor, ""]:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over z, averaged over the batch (>= 0).
+
+    free_bits > 0 (nats per dimension; Kingma et al. 2016): sum_z max(free_bits, KL_z) with KL_z
+    the batch-mean KL of dimension z (`kl_per_dim`). A dimension below the floor gets no gradient
+    from the KL, so the bottleneck stops pushing it onto the prior (the collapse of mu_chem the
+    first round measured); free_bits = 0 is the plain KL."""
+    if free_bits < 0:
+        raise ValueError(f"kl_loss: free_bits must be >= 0 nats per dimension, found {free_bits}")
+    if free_bits == 0:
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1).mean()
+    return kl_per_dim(mu, logvar).clamp(min=free_bits).sum()
 
 
 def cv_squared(v: Float[Tensor, " e"], eps: float = 1e-10) -> Float[Tensor, ""]:

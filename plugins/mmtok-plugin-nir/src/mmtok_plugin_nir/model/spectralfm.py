@@ -129,17 +129,17 @@ class SpectralFM(nn.Module):
         self.lora: dict | None = None   # {"rank", "alpha"} once add_lora ran
 
     # ------------------------------------------------------------------ encoding
-    def _backbone(self, x, wavelength_nm, domain, mask):
-        tokens = self.backbone(self.embed(x, wavelength_nm, domain, mask))
+    def _backbone(self, x, wavelength_nm, domain, mask, axis_known=None):
+        tokens = self.backbone(self.embed(x, wavelength_nm, domain, mask, axis_known))
         moe_out, moe_aux = self.moe(self.moe_norm(tokens))
         return tokens + moe_out, moe_aux
 
     def backbone_tokens(self, x: Float[Tensor, "b l"], wavelength_nm: Float[Tensor, "*b l"],
-                        domain: Int[Tensor, " b"], mask: Bool[Tensor, "b p"] | None = None
-                        ) -> Float[Tensor, "b n d"]:
+                        domain: Int[Tensor, " b"], mask: Bool[Tensor, "b p"] | None = None,
+                        axis_known: Bool[Tensor, " b"] | None = None) -> Float[Tensor, "b n d"]:
         """Tokens (b, 2 + p, d) before the transformer (embedding, Mamba, MoE), to cache the
         frozen part of the model during transfer."""
-        return self._backbone(x, wavelength_nm, domain, mask)[0]
+        return self._backbone(x, wavelength_nm, domain, mask, axis_known)[0]
 
     def head_from_backbone(self, tokens: Float[Tensor, "b n d"], moe_aux: dict | None = None) -> SpectralFMOutput:
         """Transformer + VIB + patch / instrument heads on `backbone_tokens` output."""
@@ -150,16 +150,20 @@ class SpectralFM(nn.Module):
         return SpectralFMOutput(tokens, cls, v.z_chem, v.z_inst, v.mu_chem, v.logvar_chem, v.mu_inst,
                                 v.logvar_inst, v.kl, moe_aux, patch_recon, self.instrument_head(v.z_inst))
 
-    def forward(self, x: Float[Tensor, "b l"], wavelength_nm: Float[Tensor, "*b l"], domain: Int[Tensor, " b"],
-                mask: Bool[Tensor, "b p"] | None = None) -> SpectralFMOutput:
-        """mask (b, p) bool: masked patches become the [MASK] token (see WaveletEmbedding)."""
-        tokens, moe_aux = self._backbone(x, wavelength_nm, domain, mask)
+    def forward(self, x: Float[Tensor, "b l"], wavelength_nm: Float[Tensor, "*b l"] | None, domain: Int[Tensor, " b"],
+                mask: Bool[Tensor, "b p"] | None = None, axis_known: Bool[Tensor, " b"] | None = None
+                ) -> SpectralFMOutput:
+        """mask (b, p) bool: masked patches become the [MASK] token (see WaveletEmbedding).
+        axis_known (b,) bool, None = all known: False rows have no wavelength axis (their
+        wavelength_nm row is ignored; wavelength_nm may be None if no row has one) and get the
+        embedding's relative-position code instead of the wavenumber code."""
+        tokens, moe_aux = self._backbone(x, wavelength_nm, domain, mask, axis_known)
         return self.head_from_backbone(tokens, moe_aux)
 
-    def features(self, x: Float[Tensor, "b l"], wavelength_nm: Float[Tensor, "*b l"],
-                 domain: Int[Tensor, " b"]) -> Float[Tensor, "b zc"]:
+    def features(self, x: Float[Tensor, "b l"], wavelength_nm: Float[Tensor, "*b l"] | None,
+                 domain: Int[Tensor, " b"], axis_known: Bool[Tensor, " b"] | None = None) -> Float[Tensor, "b zc"]:
         """The posterior mean of z_chem (b, z_chem), whatever the train / eval mode."""
-        return self(x, wavelength_nm, domain).mu_chem
+        return self(x, wavelength_nm, domain, axis_known=axis_known).mu_chem
 
     def transfer_spectrum(self, z_chem: Float[Tensor, "b zc"], n_out: int | None = None) -> Float[Tensor, "b n"]:
         """FNO head: z_chem -> spectrum (b, n_out), n_out = config.n_points by default."""
@@ -171,7 +175,8 @@ class SpectralFM(nn.Module):
 
         batch: clean, view1, view2, noisy (b, l); mask (b, p) bool; wavelength_nm (l,) or (b, l);
         domain (b,) long; instrument (b,) long; optional snv_mean / snv_std (b,) for the
-        non-negativity term. The four inputs run as one (4b) forward pass (only the clean copy
+        non-negativity term; optional axis_known (b,) bool (False: no wavelength axis, see
+        `forward`; wavelength_nm may then be None). The four inputs run as one (4b) forward pass (only the clean copy
         masked):
           msrp        masked-patch MSE of the clean copy's reconstruction
           contrastive symmetric BYOL (-cos, stop-grad) between predictor(mu_chem) of the views
@@ -186,10 +191,11 @@ class SpectralFM(nn.Module):
         b = clean.shape[0]
         x = torch.cat([clean, batch["view1"], batch["view2"], batch["noisy"]])
         full_mask = torch.cat([mask, mask.new_zeros(3 * b, mask.shape[1])])
-        wavelength_nm = batch["wavelength_nm"]
-        if wavelength_nm.dim() == 2:
+        wavelength_nm, axis_known = batch.get("wavelength_nm"), batch.get("axis_known")
+        if wavelength_nm is not None and wavelength_nm.dim() == 2:
             wavelength_nm = wavelength_nm.repeat(4, 1)
-        out = self(x, wavelength_nm, batch["domain"].repeat(4), full_mask)
+        axis_known = None if axis_known is None else torch.as_tensor(axis_known, dtype=torch.bool).repeat(4)
+        out = self(x, wavelength_nm, batch["domain"].repeat(4), full_mask, axis_known)
         recon_clean, _, _, recon_noisy = out.patch_recon.split(b)
         _, mu1, mu2, _ = out.mu_chem.split(b)
         losses = {
