@@ -114,7 +114,8 @@ def _benchmark(args) -> None:
     run_benchmark(args.out, args.dataset, _methods(args), [int(n) for n in _csv(args.n_values)], pairs,
                   _csv(args.properties) if args.properties else None, args.repeats,
                   Path(args.checkpoint) if args.checkpoint else None, seed=args.seed, progress=not args.quiet,
-                  method_options=_method_options(args))
+                  method_options=_method_options(args),
+                  method_repeats={k: int(v) for k, v in _spectralfm_options(args.repeats_of).items()})
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'rmsep_vs_n.png'}")
 
 
@@ -169,6 +170,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--n-values", default="0,5,10,20,30,50")
             p.add_argument("--pairs", help="e.g. m5-mp6,mp5-mp6 (default: every pair)")
             p.add_argument("--properties", help="comma-separated (default: all)")
+            p.add_argument("--repeats-of", metavar="METHOD=K,...",
+                           help="fewer draws for expensive methods, e.g. shared-model=3,transformer=5 "
+                                "(default: --repeats for every method)")
             p.add_argument("--quiet", action="store_true")
         p.set_defaults(fn=fn)
     parser.set_defaults(func=run, nir_prog=parser.prog)
