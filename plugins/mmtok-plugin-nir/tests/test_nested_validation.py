@@ -82,3 +82,17 @@ def test_benchmark_pairs_options_and_property_names():
     assert corn.property_name("oil") == "Oil"
     assert _value("12") == 12 and _value("1e-3") == 1e-3 and _value("auto") == "auto"
     assert _value("ridge/pls") == ("ridge", "pls") and _value("z_chem+tokens") == "z_chem+tokens"
+
+
+def test_a_spectrum_without_an_axis_is_a_clear_error_for_the_codecs():
+    import torch
+
+    from mmtok import ModalityError
+    from mmtok_plugin_nir.modalities import NIRSpectrum
+
+    ids = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ModalityError, match=r"NIRSpectrum.wavelength_nm: expected Float.*found NoneType"):
+        NIRSpectrum(values=torch.rand(2, 10), wavelength_nm=None, instrument=ids, domain=ids)
+    with pytest.raises(ModalityError, match=r"NIRSpectrum.wavelength_nm: expected finite values"):
+        NIRSpectrum(values=torch.rand(2, 10), wavelength_nm=torch.full((2, 10), float("nan")), instrument=ids,
+                    domain=ids)

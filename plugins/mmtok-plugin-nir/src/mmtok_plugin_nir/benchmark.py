@@ -210,7 +210,18 @@ def write_report(rows: list[dict], path: Path, dataset: str) -> None:
              "Cells: RMSEP mean ± std over the random draws of the N transfer samples (R² mean in "
              "brackets; N = 0 has no draw, one evaluation); test = the target instrument's held-out "
              f"samples. `–`: the method needs more transfer samples. Draws per cell: {counts}.", ""]
-    for source, target, prop in sorted({(r["source"], r["target"], r["property"]) for r in rows}):
+    settings = sorted({(r["source"], r["target"], r["property"]) for r in rows})
+    if 10 in n_values:
+        lines += ["## Every method at N = 10 (RMSEP mean, R² in brackets; best per row in bold)", "",
+                  "| setting | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+        for source, target, prop in settings:
+            cells = [by.get((m, source, target, prop, 10)) for m in methods]
+            best = min((c["rmsep"] for c in cells if c is not None), default=None)
+            lines.append(f"| {source}→{target} {prop} | " + " | ".join(
+                "–" if c is None else (f"**{c['rmsep']:.3f}**" if c["rmsep"] == best else f"{c['rmsep']:.3f}")
+                + f" ({c['r2']:.2f})" for c in cells) + " |")
+        lines.append("")
+    for source, target, prop in settings:
         lines += [f"## {source} → {target}, {prop}", "",
                   "| method | " + " | ".join(f"N={n}" for n in n_values) + " |",
                   "|---|" + "---:|" * len(n_values)]
