@@ -1,21 +1,21 @@
 """`SpectralFMTransfer`: calibration transfer with a pretrained SpectralFM, as a method of the
 benchmark protocol (same ``fit(task)`` / ``predict(X)`` contract as the classical baselines).
 
-1. **Calibrate** on the source instrument: a linear head on the posterior mean of z_chem,
-   standardised by its spread over the calibration spectra (the VIB's KL shrinks mu_chem to
-   ~1e-3), fitted in closed form (ridge, alpha by leave-one-out CV). Optionally
-   (``calib_steps`` > 0) LoRA adapters on the transformer's q / k / v (rank 8, alpha 16; the
-   card) and the head are then trained together; everything before the transformer is frozen,
-   so its tokens are computed once. The calibrated state is reused across repeats.
+1. **Features** of the frozen pretrained model: ``features="z_chem"`` (posterior mean of z_chem),
+   ``"tokens"`` (the transformer's patch tokens, flattened) or both; each feature centred on its
+   instrument's mean and divided by its spread over the source calibration spectra.
 2. **Adapt to the target instrument** without labels: test-time training (K steps of masked
-   reconstruction on the unlabelled target spectra, norm parameters only), then centre the
+   reconstruction on the unlabelled target spectra, norm parameters only), then centre the target
    features on the target spectra's mean (as di-PLS centres on the target domain).
-3. **N > 0 pairs**: refit the ridge head on the calibration set plus the N target standards
-   (target-centred). Optionally (``transfer_steps`` > 0) train adapters + head further on the
-   standards and minibatches of calibration spectra, with a term pulling each target standard's
-   z_chem onto its source twin's. Measured on Corn, the LoRA steps made transfer worse (README),
-   so both LoRA stages are off by default.
-4. **N = 0**: steps 1-2 only.
+3. **Head** on the source calibration plus the N target standards: ``head="ridge" | "pls" |
+   "mlp"`` (each tunes itself inside the data it is fitted on) or ``"auto"`` (chosen among
+   ``auto_heads`` by `calibration_heads.select_head`: validation on the N standards when N >= 5,
+   else CV over the calibration pool — never the test rows).
+4. Optional LoRA stages (features "z_chem", head "ridge" only): ``calib_steps`` > 0 trains LoRA
+   adapters on the transformer's q / k / v (rank 8, alpha 16) with the head on the calibration;
+   ``transfer_steps`` > 0 trains them further on the standards with a pairing term. They made
+   Corn results worse in the first round and are off by default (LoRA-CT proper is the
+   ``lora-ct`` baseline in `deep_baselines`).
 """
 
 import copy
