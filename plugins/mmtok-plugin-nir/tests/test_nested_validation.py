@@ -56,10 +56,12 @@ def test_pds_and_dipls_choose_their_hyperparameters_on_the_standards_only():
     assert fixed.chosen_ == {"half_window": 5, "transfer_components": 1} and not hasattr(fixed, "validation_")
     dipls = make_method("dipls").fit(task)
     assert len(dipls.validation_) == 7 and dipls.l_ == min(dipls.validation_, key=dipls.validation_.get)
-    # the choice never reads test rows: the same task with the test spectra changed gives the same choice
-    again = make_method("dipls").fit(TransferTask(task.X_cal, task.y_cal, task.X_source_std, task.X_target_std,
-                                                  task.y_std, task.X_target_unlabeled))
-    assert again.l_ == dipls.l_
+    # the choice is scored on the standards' labels (the only labels of the target instrument it is
+    # given): shuffling y_std changes every score, not the fits (di-PLS never fits on y_std)
+    shuffled = make_method("dipls").fit(TransferTask(task.X_cal, task.y_cal, task.X_source_std, task.X_target_std,
+                                                     task.y_std[::-1].copy(), task.X_target_unlabeled))
+    assert all(shuffled.validation_[l] != dipls.validation_[l] for l in dipls.validation_)
+    np.testing.assert_array_equal(make_method("dipls", l=shuffled.l_).fit(task).b_, shuffled.b_)
     # too few standards to validate: the prior choices
     small = _corn_task(3)
     assert make_method("pds").fit(small).chosen_ == {"half_window": 5, "transfer_components": 1}

@@ -52,13 +52,13 @@ def _value(text: str):
     return text
 
 
-def _spectralfm_options(text: str | None) -> dict:
-    """``--spectralfm ttt_steps=0,head=auto`` -> {"ttt_steps": 0, "head": "auto"}."""
+def _key_values(text: str | None, flag: str = "--spectralfm") -> dict:
+    """``ttt_steps=0,head=auto`` (the value of ``flag``) -> {"ttt_steps": 0, "head": "auto"}."""
     options = {}
     for item in _csv(text or ""):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--spectralfm: expected KEY=VALUE items, found {item!r}")
+            raise ValueError(f"{flag}: expected KEY=VALUE items, found {item!r}")
         options[key.strip()] = _value(value)
     return options
 
@@ -73,7 +73,7 @@ def _method_options(args) -> dict[str, dict]:
             raise ValueError(f"--set: expected METHOD.KEY=VALUE, found {item!r}")
         options.setdefault(method.strip(), {})[name.strip()] = _value(value)
     if args.spectralfm:
-        options["spectralfm"] = {**options.get("spectralfm", {}), **_spectralfm_options(args.spectralfm)}
+        options["spectralfm"] = {**options.get("spectralfm", {}), **_key_values(args.spectralfm)}
     return options
 
 
@@ -115,7 +115,7 @@ def _benchmark(args) -> None:
                   _csv(args.properties) if args.properties else None, args.repeats,
                   Path(args.checkpoint) if args.checkpoint else None, seed=args.seed, progress=not args.quiet,
                   method_options=_method_options(args),
-                  method_repeats={k: int(v) for k, v in _spectralfm_options(args.repeats_of).items()})
+                  method_repeats={k: int(v) for k, v in _key_values(args.repeats_of, "--repeats-of").items()})
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'rmsep_vs_n.png'}")
 
 
