@@ -34,10 +34,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace, *, manifest=None, tokens=None) -> Path:
+    """The registry file of a command (`mmtok.registry.find_registry`); one found by the rule (not
+    given with --registry) is announced on stderr, with the reason."""
+    from mmtok.registry import find_registry
+
+    choice = find_registry(args.registry, manifest=manifest, tokens=tokens)
+    if args.registry is None and not getattr(args, "quiet", False):
+        print(choice, file=sys.stderr)
+    return choice.path
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 sample', '3 samples'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def cmd_registry_check(args: argparse.Namespace) -> int:
     from mmtok.registry import Registry
 
     try:
+        args.registry = _registry(args)
         registry = Registry.load(args.registry)
         problems = registry.check()
     except MmtokError as err:
@@ -48,7 +65,8 @@ def cmd_registry_check(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{args.registry}: {len(registry.streams)} streams, {len(registry.bundles)} bundles, all resolved")
+    print(f"{args.registry}: {_count(len(registry.streams), 'stream')}, {_count(len(registry.bundles), 'bundle')}, "
+          "all resolved")
     for key, entry in registry.streams.items():
         vocab = entry.vocab_size if entry.vocab_size is not None else "continuous"
         src = f"  checkpoint {entry.checkpoint}" if entry.checkpoint else ""
@@ -61,7 +79,7 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     from mmtok.scaffold import new_plugin
 
     root = new_plugin(args.name, args.dir)
-    print(f"created {root}\nnext: pip install -e {root} && pytest {root / 'tests'}")
+    print(f"created {root}\nnext: pip install -e '{root}[dev]' && pytest {root / 'tests'}   # [dev]: pytest")
     return 0
 
 
@@ -109,36 +127,54 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from mmtok.manifest import Manifest, summarize
 
+    from mmtok.errors import RegistryError
+
     manifest = Manifest.load(args.manifest, allow_absolute=args.allow_absolute)
     used = Counter(k for s in manifest.samples for k in s.modalities)
+    try:
+        args.registry = _registry(args, manifest=args.manifest)
+    except RegistryError as err:
+        if args.registry is not None:
+            raise
+        args.registry = None
+        print(f"registry: none ({err}); per-sample shapes are not checked against codecs", file=sys.stderr)
     stream_problems, check_shape = _shape_checker(args.registry, set(used))
     for key, modality, reason in stream_problems:  # once per stream, before the samples' problems
         print(f"{args.registry}: stream {key!r} ({modality}): {reason}; its shape checks are skipped "
               f"for the {used[modality]} sample(s) with {modality}", file=sys.stderr)
-    problems = manifest.validate(check_shape=check_shape)
+    problems = manifest.validate(check_shape=check_shape, progress=not args.quiet and sys.stderr.isatty())
     for line in summarize(problems):  # a problem many samples share is one line with their count
         print(f"{args.manifest}: {line}", file=sys.stderr)
     n = len(manifest.samples) + len({p.sample for p in manifest.problems})
     if stream_problems or problems:
         registry = f"{len(stream_problems)} problem(s) in {args.registry}, " if stream_problems else ""
-        print(f"{registry}{len(problems)} problem(s) in {n} samples", file=sys.stderr)
+        print(f"{registry}{len(problems)} problem(s) in {_count(n, 'sample')}", file=sys.stderr)
         return 1
     kinds = sorted({k for s in manifest.samples for k in s.modalities})
-    print(f"{args.manifest}: {n} samples, modalities {', '.join(kinds)}: all valid")
+    print(f"{args.manifest}: {_count(n, 'sample')}, {'modality' if len(kinds) == 1 else 'modalities'} "
+          f"{', '.join(kinds)}: all valid")
     return 0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from mmtok.encode import encode_manifest
 
-    summary = encode_manifest(args.manifest, args.out, registry_path=args.registry,
+    from mmtok.errors import RegistryError
+
+    try:
+        registry = _registry(args, manifest=args.manifest)
+    except RegistryError:
+        if args.registry is not None:
+            raise
+        registry = None  # encode_manifest reports a broken manifest first, then the missing registry
+    summary = encode_manifest(args.manifest, args.out, registry_path=registry,
                               batch_size=args.batch_size, workers=args.workers, on_error=args.on_error,
                               resume=args.resume, overwrite=args.overwrite, shard_size=args.shard_size,
                               streams=args.stream,
                               allow_absolute=args.allow_absolute, progress=not args.quiet)
     if summary is None:  # a non-zero rank under torchrun
         return 0
-    print(f"encoded {summary.samples} samples into {summary.out} in {summary.seconds:.1f} s "
+    print(f"encoded {_count(summary.samples, 'sample')} into {summary.out} in {summary.seconds:.1f} s "
           f"({summary.samples / max(summary.seconds, 1e-9):.0f} samples/s)")
     print(summary.table())
     from mmtok.manifest import ManifestProblem, summarize
@@ -158,7 +194,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     shards = TokenShards(args.dir)
     stream = shards.stream(args.sample, args.stream)
-    registry = Registry.load(args.registry or shards.index["registry"])
+    registry = Registry.load(_registry(args, tokens=args.dir))
     codec = registry.codec(args.stream)
     if codec.fingerprint() != stream.fingerprint:
         raise MmtokError(f"stream {args.stream!r} was encoded by codec {stream.fingerprint}, but the "
@@ -216,6 +252,10 @@ def _fit_codec(args: argparse.Namespace) -> int:
     from mmtok.plugins import get_plugin_manager
     from mmtok.registry import Registry
 
+    args.registry = _registry(args, manifest=args.manifest)
+    if args.deterministic:  # one thread, deterministic kernels: the same weights on every rerun
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
     registry = Registry.load(args.registry)
     if args.stream not in registry.streams:
         raise MmtokError(f"no stream {args.stream!r} in {args.registry}; streams are {sorted(registry.streams)}")
@@ -270,6 +310,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmtok.train import TrainConfig, Trainer
 
     config = TrainConfig.load(args.config, max_steps=args.max_steps)
+    if args.target_stream:
+        config = config.with_target_streams(args.target_stream)
     trainer = Trainer(args.tokens, args.out, config, progress=not args.quiet)
     start = trainer.step
     records = trainer.fit()
@@ -278,14 +320,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained steps {start}..{trainer.step} -> {args.out} (metrics.jsonl, checkpoints/)")
         if evals:
             last = evals[-1]
-            print("| stream | held-out loss | accuracy | unigram loss | unigram accuracy |")
-            print("|---|---:|---:|---:|---:|")
+            print("| stream | target tokens | held-out loss | accuracy | unigram loss | unigram accuracy |")
+            print("|---|---:|---:|---:|---:|---:|")
             for key in trainer.model.layout.keys:
                 if f"val/loss/{key}" not in last:
                     continue
                 acc = last.get(f"val/acc/{key}")
                 fmt = (lambda v: "" if v is None else f"{v:.3f}")
-                print(f"| {key} | {last[f'val/loss/{key}']:.3f} | {fmt(acc)} | "
+                tokens = last.get(f"val/tokens/{key}")
+                print(f"| {key} | {'' if tokens is None else int(tokens)} | {last[f'val/loss/{key}']:.3f} | {fmt(acc)} | "
                       f"{fmt(last.get(f'val/unigram_loss/{key}'))} | {fmt(last.get(f'val/unigram_acc/{key}'))} |")
     return 0
 
@@ -293,9 +336,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from mmtok.inference import embed_tokens, save_tensors
 
-    ids, pooled = embed_tokens(args.run, args.tokens, batch_size=args.batch_size, samples=args.sample)
+    ids, pooled = embed_tokens(args.run, args.tokens, batch_size=args.batch_size, samples=args.sample,
+                               exclude=args.exclude_stream, progress=not args.quiet)
     save_tensors(args.out, {"embedding": pooled}, ids)
-    print(f"{len(ids)} samples -> {args.out} (embedding {tuple(pooled.shape)})")
+    print(f"{_count(len(ids), 'sample')} -> {args.out} (embedding {tuple(pooled.shape)})")
     return 0
 
 
@@ -303,20 +347,21 @@ def cmd_impute(args: argparse.Namespace) -> int:
     from mmtok.inference import impute_tokens, save_tensors
     from mmtok.shards import TokenShards, tensor_names
 
-    ids, pred = impute_tokens(args.run, args.tokens, args.stream, samples=args.sample, steps=args.steps)
+    ids, pred = impute_tokens(args.run, args.tokens, args.stream, samples=args.sample, steps=args.steps,
+                              progress=not args.quiet)
     tensors = {tensor_names(args.stream, not pred.is_floating_point())[0]: pred}
     if args.decode:
         from mmtok.registry import Registry
 
         shards = TokenShards(args.tokens)
         info = shards.streams[args.stream]
-        codec = Registry.load(args.registry or shards.index["registry"]).codec(args.stream)
+        codec = Registry.load(_registry(args, tokens=args.tokens)).codec(args.stream)
         if codec.fingerprint() != info["fingerprint"]:
             raise MmtokError(f"the registry's codec for {args.stream!r} is not the one that encoded {args.tokens}")
         decoded = codec.decode(shards.make_stream(args.stream, pred))
         tensors[f"{args.stream}/decoded"] = getattr(decoded, codec.field).float()
     save_tensors(args.out, tensors, ids)
-    print(f"imputed {args.stream} for {len(ids)} samples -> {args.out} ({', '.join(tensors)})")
+    print(f"imputed {args.stream} for {_count(len(ids), 'sample')} -> {args.out} ({', '.join(tensors)})")
     return 0
 
 
@@ -353,7 +398,8 @@ def add_plugin_commands(sub, manager=None) -> None:
             _plugin_problem(manager, owner, f"command {spec.name!r} clashes with a built-in mmtok command; "
                                             "this one is ignored")
             continue
-        p = sub.add_parser(spec.name, help=spec.help, description=spec.description or spec.help)
+        p = sub.add_parser(spec.name, help=_plain(spec.help), description=_plain(spec.description or spec.help),
+                           formatter_class=_HelpFormatter)
         p.set_defaults(func=_failing(f"plugin {owner!r} set no func for this command"))
         try:
             spec.configure(p)
@@ -361,6 +407,54 @@ def add_plugin_commands(sub, manager=None) -> None:
             problem = f"command {spec.name!r}: configure(parser) raised {type(err).__name__}: {err}"
             _plugin_problem(manager, owner, problem)
             p.set_defaults(func=_failing(f"plugin {owner!r} is broken: {problem}"))
+        _plain_help(p)
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Strip markup from a plugin command's option help, sub-commands included."""
+    parser.description = _plain(parser.description)
+    for action in parser._actions:
+        action.help = _plain(action.help) if isinstance(action.help, str) else action.help
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.formatter_class = _HelpFormatter
+                _plain_help(child)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line (unless it is None / off, or the help already says
+    it); descriptions and example epilogs kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: {default})"
+
+
+def _plain(text: str | None) -> str | None:
+    """Docstring text for ``--help``: no reStructuredText / Markdown markup (``x``, `x`)."""
+    return None if text is None else text.replace("``", "").replace("`", "")
+
+
+def _command(sub, name: str, help: str, description: str | None = None, examples: str = ""):
+    """One subcommand: plain-text help, defaults shown, an example epilog."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()) if examples else None
+    return sub.add_parser(name, help=help, description=_plain(description or help), epilog=epilog,
+                          formatter_class=_HelpFormatter)
+
+
+def _registry_option(p, what: str) -> None:
+    from mmtok.registry import REGISTRY_RULE
+
+    p.add_argument("--registry", type=Path, default=None, metavar="FILE",
+                   help=f"registry.yaml that declares the streams {what} ({REGISTRY_RULE})")
+
+
+def _quiet_option(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no line naming the registry found")
 
 
 def build_parser(manager=None) -> argparse.ArgumentParser:
@@ -368,99 +462,150 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     the installed ones)."""
     from mmtok import __version__
 
-    parser = argparse.ArgumentParser(prog="mmtok", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmtok", formatter_class=_HelpFormatter,
+        description="Turn heterogeneous scientific data into tokens and train one multimodal model on them.",
+        epilog="the path from data to a model:\n  mmtok validate manifest.json\n"
+               "  mmtok fit-codec manifest.json --stream tok_x --out codecs/tok_x\n"
+               "  mmtok encode manifest.json --out tokens\n  mmtok train --tokens tokens --out run\n"
+               "  mmtok embed run --tokens tokens --out features.safetensors\n"
+               "mmtok COMMAND --help for each command")
     parser.add_argument("--version", action="version", version=f"mmtok {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list plugins, their versions, what they provide, load errors")
+    p = _command(sub, "plugins", "list plugins, their versions, what they provide, load errors",
+                 examples="mmtok plugins\nmmtok plugins --json")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("registry", help="registry.yaml tools")
-    rsub = p.add_subparsers(dest="registry_command", required=True)
-    c = rsub.add_parser("check", help="resolve every stream and bundle; non-zero exit on problems")
-    c.add_argument("--registry", type=Path, default=Path("registry.yaml"))
+    p = _command(sub, "registry", "registry.yaml tools")
+    rsub = p.add_subparsers(dest="registry_command", required=True, metavar="SUBCOMMAND")
+    c = _command(rsub, "check", "resolve every stream and bundle; non-zero exit on problems",
+                 examples="mmtok registry check\nmmtok registry check --registry examples/clinic/registry.yaml")
+    c.add_argument("--registry", type=Path, default=None, metavar="FILE",
+                   help="registry file to check (default: ./registry.yaml)")
     c.set_defaults(func=cmd_registry_check)
 
-    p = sub.add_parser("validate", help="check a manifest without running codecs; one line per problem")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--registry", type=Path, default=None,
-                   help="also check per-sample shapes against the registry's codecs")
+    p = _command(sub, "validate", "check a manifest without running codecs; one line per problem",
+                 "Check a manifest: every sample's files, table rows and modality fields, and (with a "
+                 "registry) every sample's shape against its stream's codec. Nothing is encoded.",
+                 examples="mmtok validate examples/clinic/manifest.json\n"
+                          "mmtok validate manifest.json --registry registry.yaml")
+    p.add_argument("manifest", type=Path, help="manifest.json (samples, their files and table rows)")
+    _registry_option(p, "whose codecs check each sample's shapes; none found: shapes are not checked")
     p.add_argument("--allow-absolute", action="store_true", help="permit absolute paths in the manifest")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal) and no registry line")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("encode", help="manifest -> token shards (safetensors) + index")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--registry", type=Path, default=Path("registry.yaml"))
-    p.add_argument("--stream", action="append", help="encode only these streams (repeatable)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = _command(sub, "encode", "manifest -> token shards (safetensors) + index",
+                 "Encode every sample of a manifest with its streams' codecs into safetensors token "
+                 "shards and index.json. Resumable (--resume) and torchrun-parallel.",
+                 examples="mmtok encode examples/clinic/manifest.json --out runs/clinic/tokens\n"
+                          "torchrun --nproc-per-node 4 -m mmtok encode manifest.json --out tokens --resume")
+    p.add_argument("manifest", type=Path, help="manifest.json")
+    p.add_argument("--out", type=Path, required=True, help="output token folder")
+    _registry_option(p, "and their codec checkpoints")
+    p.add_argument("--stream", action="append", metavar="KEY",
+                   help="encode only these streams (repeatable; default: every stream of the registry)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per codec call")
     p.add_argument("--shard-size", type=int, default=1024, help="samples per shard")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading files")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="a sample that cannot be read or encoded: stop with its problems, or skip it and list it")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted run in --out (finished shards are re-verified, damaged ones redone)")
     p.add_argument("--overwrite", action="store_true", help="replace the encode run already in --out")
-    p.add_argument("--allow-absolute", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-absolute", action="store_true", help="permit absolute paths in the manifest")
+    _quiet_option(p)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="tokens of one sample and stream -> .npy")
-    p.add_argument("dir", type=Path, help="an `mmtok encode` output folder")
-    p.add_argument("--sample", required=True)
-    p.add_argument("--stream", required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--registry", type=Path, default=None, help="default: the one used for encoding")
+    p = _command(sub, "decode", "tokens of one sample and stream -> .npy",
+                 examples="mmtok decode runs/clinic/tokens --sample p000 --stream tok_labs --out labs.npy "
+                          "--manifest examples/clinic/manifest.json")
+    p.add_argument("dir", type=Path, help="an mmtok encode output folder")
+    p.add_argument("--sample", required=True, help="sample id")
+    p.add_argument("--stream", required=True, help="stream key")
+    p.add_argument("--out", type=Path, required=True, help=".npy file of the decoded field")
+    _registry_option(p, "")
     p.add_argument("--manifest", type=Path, default=None,
                    help="also report the reconstruction error against this manifest's original")
+    _quiet_option(p)
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("fit-codec", help="train a stream's codec on the manifest's data")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--stream", required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--registry", type=Path, default=Path("registry.yaml"))
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--allow-absolute", action="store_true")
+    p = _command(sub, "fit-codec", "train a stream's codec on the manifest's data",
+                 "Fit the codec of one stream on the manifest's samples that have its modality (a share "
+                 "held out for the reported error) and write a checkpoint folder for registry.yaml.",
+                 examples="mmtok fit-codec examples/clinic/manifest.json --stream tok_labs --out codecs/tok_labs\n"
+                          "mmtok fit-codec manifest.json --stream tok_beat --out codecs/tok_beat --deterministic")
+    p.add_argument("manifest", type=Path, help="manifest.json")
+    p.add_argument("--stream", required=True, metavar="KEY", help="the registry stream whose codec is fitted")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder (config.json + model.safetensors)")
+    _registry_option(p, "(the stream's codec and config)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (learned codecs)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of samples held out for the error")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
+    p.add_argument("--deterministic", action="store_true",
+                   help="one CPU thread and deterministic kernels: the same checkpoint on every rerun")
+    p.add_argument("--allow-absolute", action="store_true", help="permit absolute paths in the manifest")
     p.add_argument("--force", action="store_true",
                    help="replace the codec already in --out (token folders encoded with it stop decoding)")
-    p.add_argument("--quiet", action="store_true")
+    _quiet_option(p)
     p.set_defaults(func=cmd_fit_codec)
 
-    p = sub.add_parser("train", help="train the shared masked transformer on token shards (torchrun-ready)")
-    p.add_argument("--tokens", type=Path, required=True, help="an `mmtok encode` output folder")
+    p = _command(sub, "train", "train the shared masked transformer on token shards (torchrun-ready)",
+                 "Train the shared multimodal masked transformer (4M-style) on a token folder. A share of "
+                 "the samples (val_fraction, by id hash) is held out; the run resumes from its last "
+                 "checkpoint. Config: the fields of mmtok.train.TrainConfig (model, masking, optim, ...).",
+                 examples="mmtok train --tokens runs/clinic/tokens --out runs/clinic/model --config train.yaml\n"
+                          "mmtok train --tokens tokens --out run --target-stream tok_label   # predict tok_label\n"
+                          "torchrun --nproc-per-node 8 -m mmtok train --tokens tokens --out run --config train.yaml")
+    p.add_argument("--tokens", type=Path, required=True, help="an mmtok encode output folder")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumes if it holds a checkpoint)")
-    p.add_argument("--config", type=Path, default=None, help="training config YAML (mmtok.train.TrainConfig)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="training config YAML (mmtok.train.TrainConfig; default: every setting's default)")
     p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (overrides the config)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--target-stream", action="append", default=None, metavar="KEY",
+                   help="masking preset 'predict KEY from the rest': KEY is never an input and always a "
+                        "target (repeatable; adds to the config's masking.target_streams)")
+    _quiet_option(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("embed", help="pooled encoder features of token samples -> safetensors")
-    p.add_argument("run", type=Path, help="an `mmtok train` run folder")
-    p.add_argument("--tokens", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p = _command(sub, "embed", "pooled encoder features of token samples -> safetensors",
+                 "Pooled encoder features of every sample (over all its present tokens), for linear probes "
+                 "and retrieval. Streams the run was not trained on are ignored.",
+                 examples="mmtok embed runs/clinic/model --tokens runs/clinic/tokens --out features.safetensors")
+    p.add_argument("run", type=Path, help="an mmtok train run folder")
+    p.add_argument("--tokens", type=Path, required=True, help="an mmtok encode output folder")
+    p.add_argument("--out", type=Path, required=True, help="safetensors file: 'embedding' (n, d), ids in metadata")
     p.add_argument("--sample", action="append", default=None, help="sample id (repeatable); default all")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--exclude-stream", action="append", default=None, metavar="KEY",
+                   help="leave this stream out of the inputs (repeatable), e.g. the label a probe predicts")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    _quiet_option(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("impute", help="predict a stream from the others (default: where it is missing)")
-    p.add_argument("run", type=Path, help="an `mmtok train` run folder")
-    p.add_argument("--tokens", type=Path, required=True)
-    p.add_argument("--stream", required=True)
+    p = _command(sub, "impute", "predict a stream from the others (default: where it is missing)",
+                 examples="mmtok impute runs/clinic/model --tokens runs/clinic/tokens --stream tok_vitals "
+                          "--out vitals.safetensors --decode")
+    p.add_argument("run", type=Path, help="an mmtok train run folder")
+    p.add_argument("--tokens", type=Path, required=True, help="an mmtok encode output folder")
+    p.add_argument("--stream", required=True, metavar="KEY", help="the stream to predict")
     p.add_argument("--out", type=Path, required=True, help="safetensors file of predicted tokens")
-    p.add_argument("--sample", action="append", default=None, help="sample id (repeatable)")
+    p.add_argument("--sample", action="append", default=None,
+                   help="sample id (repeatable); default: every sample without the stream")
     p.add_argument("--steps", type=int, default=8, help="MaskGIT decoding rounds")
     p.add_argument("--decode", action="store_true", help="also decode the tokens with the stream's codec")
-    p.add_argument("--registry", type=Path, default=None, help="default: the one used for encoding")
+    _registry_option(p, "(for --decode)")
+    _quiet_option(p)
     p.set_defaults(func=cmd_impute)
 
-    p = sub.add_parser("new-plugin", help="scaffold a pip-installable plugin package")
-    p.add_argument("name")
-    p.add_argument("--dir", type=Path, default=Path("."))
+    p = _command(sub, "new-plugin", "scaffold a pip-installable plugin package",
+                 examples="mmtok new-plugin seismo --dir .\npip install -e './mmtok-plugin-seismo[dev]'\n"
+                          "pytest mmtok-plugin-seismo/tests")
+    p.add_argument("name", help="plugin name (lower case, e.g. seismo -> mmtok-plugin-seismo)")
+    p.add_argument("--dir", type=Path, default=Path("."), help="folder the package folder is created in")
     p.set_defaults(func=cmd_new_plugin)
 
     add_plugin_commands(sub, manager)

@@ -17,6 +17,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from mmtok.io import OutputLock, read_json, write_json
 from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError, summarize
 from mmtok.modality import Modality, deferred_checks
 from mmtok.plugins import PluginManager, get_plugin_manager
-from mmtok.registry import Registry
+from mmtok.registry import Registry, find_registry
 from mmtok.shards import INDEX, check_shard, merge_statistics, shard_name, write_shard
 from mmtok.tokens import TokenStream
 
@@ -125,7 +126,7 @@ def _stream_info(key: str, registry: Registry, codec) -> dict:
             "num_tokens": codec.num_tokens}
 
 
-def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path: str | Path,
+def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path: str | Path | None = None,
                     batch_size: int = 64, workers: int = 0, on_error: str = "fail",
                     resume: bool = False, overwrite: bool = False, shard_size: int = 1024,
                     streams: list[str] | None = None, allow_absolute: bool = False, progress: bool = True,
@@ -136,6 +137,7 @@ def encode_manifest(manifest_path: str | Path, out: str | Path, *, registry_path
     ``out`` is locked for the run (`OutputLock`: a second writer gets an error naming the
     first). A folder that already holds a run is refused unless ``resume`` (finish it: every
     finished shard is re-verified, damaged ones are re-encoded) or ``overwrite`` (start afresh).
+    ``registry_path`` None: `mmtok.registry.find_registry` (next to the manifest, else ./registry.yaml).
     """
     with contextlib.ExitStack() as held:  # rank 0 holds the output lock in it until the end
         return _encode_manifest(manifest_path, out, registry_path=registry_path, batch_size=batch_size,
@@ -156,6 +158,8 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
     rank, world = dist.rank, dist.world
     out = Path(out)
     manifest = Manifest.load(manifest_path, allow_absolute=allow_absolute)
+    if registry_path is None:
+        registry_path = find_registry(manifest=manifest_path).path
     registry = Registry.load(registry_path)
     keys = streams or list(registry.streams)
     unknown = [k for k in keys if k not in registry.streams]
@@ -440,7 +444,8 @@ def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, u
             samples.append({"id": s["id"], "shard": i, "row": s["row"], "streams": s["streams"]})
     stream_stats = merge_statistics(sidecars, info)
     index = {"version": 1, "manifest": str(Path(manifest_path).name),
-             "registry": str(Path(registry_path).resolve()), "streams": info,
+             "registry": os.path.relpath(Path(registry_path).resolve(), out.resolve()),  # moves with the folder
+             "streams": info,
              "shards": [f"shards/{shard_name(i)}.safetensors" for i in range(n_shards)],
              "samples": samples, "skipped": skipped, "counts": stream_stats}
     write_json(out / INDEX, index)

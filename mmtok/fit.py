@@ -17,7 +17,7 @@ from mmtok.errors import CodecError
 from mmtok.manifest import Manifest
 from mmtok.modality import Modality
 from mmtok.plugins import PluginManager, get_plugin_manager
-from mmtok.registry import Registry
+from mmtok.registry import Registry, find_registry
 from mmtok.shards import TokenShards
 
 __all__ = ["FitReport", "fit_codec", "evaluate_codec", "evaluate_shards", "reconstruction_errors",
@@ -81,7 +81,7 @@ def evaluate_shards(tokens_dir, manifest_path, registry_path=None,
     rmse_per_channel, codes_used, usage."""
     manager = manager or get_plugin_manager()
     shards = TokenShards(tokens_dir)
-    registry = Registry.load(registry_path or shards.index["registry"])
+    registry = Registry.load(find_registry(registry_path, tokens=tokens_dir).path)
     manifest = Manifest.load(manifest_path)
     by_id = {s.id: s for s in manifest.samples}
     out = {}

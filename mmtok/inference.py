@@ -51,19 +51,46 @@ def load_run(run: str | Path, checkpoint: str | None = None,
     raise DamagedFileError(f"{run}: no usable checkpoint ({'; '.join(damaged)})")
 
 
-def embed_tokens(run: str | Path, tokens: str | Path, batch_size: int = 256,
-                 samples: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
-    """(sample ids, (n, d) pooled encoder features) over every present token of each sample."""
-    model = load_run(run)
-    data = TokenShards(tokens, list(model.streams))
+def _open_tokens(model: MultimodalMaskedTransformer, tokens: str | Path) -> TokenShards:
+    """The token folder's streams the run knows; a run stream the folder lacks is absent for every
+    sample (as a modality missing from a sample is), not an error. A folder with none is."""
+    index = TokenShards(tokens)
+    keys = [k for k in model.streams if k in index.streams]
+    if not keys:
+        raise MmtokError(f"{tokens}: has none of the streams the run was trained on ({list(model.streams)}; "
+                         f"it has {sorted(index.streams)})")
+    data = TokenShards(tokens, keys)
     data.verify()
+    return data
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    starts = range(0, n, batch_size)
+    return tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2, leave=False)
+
+
+def embed_tokens(run: str | Path, tokens: str | Path, batch_size: int = 256, samples: list[str] | None = None,
+                 exclude: list[str] | None = None, progress: bool = False) -> tuple[list[str], torch.Tensor]:
+    """(sample ids, (n, d) pooled encoder features) over every present token of each sample,
+    leaving out the streams in ``exclude`` (e.g. the label a linear probe will predict)."""
+    model = load_run(run)
+    data = _open_tokens(model, tokens)
+    unknown = sorted(set(exclude or ()) - set(model.streams))
+    if unknown:
+        raise MmtokError(f"cannot exclude {unknown}: the run was trained on {list(model.streams)}")
     idx = _select(data, samples)
-    pooled = [model.embed(data.batch(idx[i:i + batch_size])).pooled for i in range(0, len(idx), batch_size)]
+    pooled = []
+    for i in _batches(len(idx), batch_size, progress, "embed"):
+        batch = data.batch(idx[i:i + batch_size])
+        pooled.append(model.embed(TokenBatch({k: v for k, v in batch.items() if k not in (exclude or ())})).pooled)
     return [data.sample_ids[i] for i in idx], torch.cat(pooled) if pooled else torch.zeros(0, model.config.d_model)
 
 
 def impute_tokens(run: str | Path, tokens: str | Path, stream: str, samples: list[str] | None = None,
-                  steps: int = 8, batch_size: int = 256, missing_only: bool = True) -> tuple[list[str], torch.Tensor]:
+                  steps: int = 8, batch_size: int = 256, missing_only: bool = True,
+                  progress: bool = False) -> tuple[list[str], torch.Tensor]:
     """(sample ids, predicted tokens) of ``stream`` from each sample's other streams.
 
     By default for the samples that lack the stream; ``samples`` picks them by id instead.
@@ -71,13 +98,12 @@ def impute_tokens(run: str | Path, tokens: str | Path, stream: str, samples: lis
     model = load_run(run)
     if stream not in model.streams:
         raise MmtokError(f"the run was trained on {list(model.streams)}, not {stream!r}")
-    data = TokenShards(tokens, list(model.streams))
-    data.verify()
+    data = _open_tokens(model, tokens)
     idx = _select(data, samples)
     if samples is None and missing_only:
         idx = [i for i in idx if stream not in data.samples[i]["streams"]]
     outs = []
-    for i in range(0, len(idx), batch_size):
+    for i in _batches(len(idx), batch_size, progress, "impute"):
         batch = data.batch(idx[i:i + batch_size])
         others = {k: v for k, v in batch.items() if k != stream}
         outs.append(model.predict(TokenBatch(others), stream, steps=steps))

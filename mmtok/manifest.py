@@ -238,6 +238,11 @@ class Manifest:
         for i, raw in enumerate(top.samples):
             sid = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
             label = sid or f"#{i}"
+            if isinstance(raw, dict) and raw.get("modalities") in ({}, [], None) and "modalities" in raw:
+                problems.append(ManifestProblem(label, "modalities", "the sample has no modalities; give at "
+                                                "least one entry {\"<modality name>\": <file or table row>}, "
+                                                "or leave the sample out"))
+                continue
             try:
                 samples.append(SampleEntry.model_validate(raw))
             except ValidationError as err:
@@ -429,16 +434,19 @@ class Manifest:
         return problems
 
     # ------------------------------------------------------------------ validation
-    def validate(self, manager: PluginManager | None = None, *, check_shape=None) -> list[ManifestProblem]:
+    def validate(self, manager: PluginManager | None = None, *, check_shape=None,
+                 progress: bool = False) -> list[ManifestProblem]:
         """Every problem that can be found without running a codec, with the plugins of
         ``manager`` (default: the installed ones). ``check_shape(key, m)`` may add codec-level
-        shape checks (it raises an MmtokError on a mismatch)."""
+        shape checks (it raises an MmtokError on a mismatch). ``progress``: a progress bar."""
         manager = manager or get_plugin_manager()
         problems = list(self.problems)
         for sid, n in Counter(s.id for s in self.samples).items():
             if n > 1:
                 problems.append(ManifestProblem(sid, "id", f"duplicate id ({n} samples share it)"))
-        for sample in self.samples:
+        from tqdm.auto import tqdm
+
+        for sample in tqdm(self.samples, desc="validate", unit="sample", disable=not progress, leave=False):
             loaded = {}
             for key in sample.modalities:
                 try:

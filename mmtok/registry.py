@@ -15,6 +15,12 @@ bundles:
 
 A ``checkpoint`` is either the name of a pretrained codec shipped inside an installed package
 (``mmtok plugins`` lists them) or a directory path, relative to the registry file.
+
+Which registry a command uses (`find_registry`, the same rule for every command): an explicit
+``--registry``; else, for a command that reads a token folder, the registry that folder was
+encoded with (recorded in its ``index.json`` relative to the folder, so the folder can move
+together with it); else ``registry.yaml`` next to the manifest; else ``registry.yaml`` in the
+current folder. Commands print which file they used and why.
 """
 
 import dataclasses
@@ -30,7 +36,8 @@ from mmtok.config import StrictModel, problems as validation_problems
 from mmtok.errors import MmtokError, RegistryError
 from mmtok.plugins import PluginManager, get_plugin_manager
 
-__all__ = ["Registry", "RegistryProblem", "StreamEntry", "BundleEntry", "RegistryFile"]
+__all__ = ["Registry", "RegistryProblem", "StreamEntry", "BundleEntry", "RegistryFile", "RegistryChoice",
+           "find_registry", "REGISTRY_RULE"]
 
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -215,3 +222,65 @@ class Registry:
                         f"{', '.join(manager.names('heads')) or 'none'})")
         return problems
 
+
+
+#: the rule of `find_registry`, worded for every command's ``--help``
+REGISTRY_RULE = ("default: the registry the token folder was encoded with, else registry.yaml next to the "
+                 "manifest, else ./registry.yaml; the file used is printed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryChoice:
+    """The registry file a command uses and why (``reason`` is printed with it)."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"registry: {self.path} ({self.reason})"
+
+
+def find_registry(explicit: str | os.PathLike | None = None, *, manifest: str | os.PathLike | None = None,
+                  tokens: str | os.PathLike | None = None) -> RegistryChoice:
+    """The registry a command uses: ``explicit`` (``--registry``), else the one the token folder
+    ``tokens`` was encoded with, else ``registry.yaml`` next to ``manifest``, else ``./registry.yaml``.
+    Raises a `RegistryError` listing every place looked at when none exists."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise RegistryError(f"{path}: registry file not found (given by --registry)")
+        return RegistryChoice(path, "--registry")
+    looked = []
+    if tokens is not None:
+        recorded = recorded_registry(tokens)
+        if recorded is not None:
+            if recorded.is_file():
+                return RegistryChoice(recorded, f"the one {tokens} was encoded with")
+            looked.append(f"{recorded} (recorded by {tokens}, now missing)")
+    if manifest is not None:
+        path = Path(manifest).parent / "registry.yaml"
+        if path.is_file():
+            return RegistryChoice(path, "next to the manifest")
+        looked.append(str(path))
+    path = Path("registry.yaml")
+    if path.is_file():
+        return RegistryChoice(path, "current folder")
+    looked.append(str(Path.cwd() / "registry.yaml"))
+    raise RegistryError(f"no registry found (looked for {', '.join(looked)}); pass --registry FILE")
+
+
+def recorded_registry(tokens: str | os.PathLike) -> Path | None:
+    """The registry a token folder's ``index.json`` records (stored relative to the folder; an
+    absolute path, as older folders have, is used as it is), or None."""
+    import json
+
+    index = Path(tokens) / "index.json"
+    if not index.is_file():
+        return None
+    try:
+        ref = json.loads(index.read_text()).get("registry")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not ref:
+        return None
+    return Path(ref) if os.path.isabs(ref) else Path(tokens) / ref

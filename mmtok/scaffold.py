@@ -41,7 +41,7 @@ README = """\
 An mmtok plugin providing the `{modality}` modality and the `{codec}` codec.
 
 ```bash
-pip install -e .            # mmtok discovers it through the `mmtok` entry point
+pip install -e ".[dev]"     # mmtok discovers it through the `mmtok` entry point; [dev] adds pytest
 mmtok plugins               # lists mmtok-plugin-{name}
 pytest tests                # runs mmtok's conformance kit on it
 ```

@@ -21,6 +21,7 @@ fsync, rename), so an interrupted run never leaves a half-written shard under it
 
 import hashlib
 import os
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,9 +53,20 @@ def tensor_names(key: str, discrete: bool) -> tuple[str, str]:
     return (f"{key}/ids" if discrete else f"{key}/values"), f"{key}/present"
 
 
-def held_out(sample_id: str, fraction: float) -> bool:
-    """Deterministic split by id: the same samples are held out on every machine and run."""
-    h = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
+def held_out(sample_id: str, fraction: float, group: str | None = None) -> bool:
+    r"""Deterministic split by id: the same samples are held out on every machine and run.
+
+    ``group`` is a regular expression whose first group (or whole match) is hashed instead of the
+    whole id, so that samples of one patient, record or region go to the same side: with ids like
+    ``"p07-beat0123"``, ``group=r"^(p\d+)-"`` holds out whole patients. An id it does not match is
+    an error (a silently unsplit group would leak into training)."""
+    key = sample_id
+    if group is not None:
+        m = re.search(group, sample_id)
+        if m is None:
+            raise MmtokError(f"sample {sample_id!r}: val_group pattern {group!r} does not match its id")
+        key = m.group(1) if m.groups() else m.group(0)
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
     return h / 2**64 < fraction
 
 

@@ -82,7 +82,23 @@ class MaskingConfig(_Frozen):
     stream cannot take goes to the other present streams. A sample always keeps at least one token
     as a target when it has two or more tokens."""
 
-    input_budget: int = Field(default=64, ge=1)
-    target_budget: int = Field(default=64, ge=1)
-    alpha: float = Field(default=1.0, gt=0)
-    streams: dict[str, StreamBudget] = Field(default_factory=dict)
+    input_budget: int = Field(default=64, ge=1, description="visible (encoder) tokens per sample")
+    target_budget: int = Field(default=64, ge=1, description="predicted (decoder) tokens per sample")
+    alpha: float = Field(default=1.0, gt=0, description="Dirichlet concentration: small = few streams per "
+                                                          "sample take most of a budget, large = even split")
+    streams: dict[str, StreamBudget] = Field(default_factory=dict, description="per-stream budget overrides")
+    #: the "predict X from Y" preset: these streams are never inputs, and every one of their tokens
+    #: a sample has is a target, on top of ``target_budget`` (which the other streams share)
+    target_streams: list[str] = Field(default_factory=list, description="streams that are never an input and "
+                                                                        "always a target")
+
+    @model_validator(mode="after")
+    def _targets_not_budgeted(self) -> "MaskingConfig":
+        clash = sorted(k for k in self.target_streams
+                       if k in self.streams and (self.streams[k].min_input or self.streams[k].max_input))
+        if clash:
+            raise ValueError(f"target_streams {clash} are never inputs, but masking.streams gives them "
+                             "min_input / max_input; remove one of the two")
+        if len(set(self.target_streams)) != len(self.target_streams):
+            raise ValueError(f"target_streams lists a stream twice: {self.target_streams}")
+        return self

@@ -142,7 +142,7 @@ class MaskSampler:
     """Samples 4M-style `Masks` for batches of samples with any subset of streams present."""
 
     def __init__(self, layout: StreamLayout, config: MaskingConfig):
-        unknown = sorted(set(config.streams) - set(layout.keys))
+        unknown = sorted((set(config.streams) | set(config.target_streams)) - set(layout.keys))
         if unknown:
             raise MmtokError(f"masking config names unknown stream(s) {unknown}; streams are {layout.keys}")
         self.layout, self.config = layout, config
@@ -153,13 +153,18 @@ class MaskSampler:
         self.max_in = torch.tensor([p.max_input if p and p.max_input is not None else big for p in per])
         self.min_tgt = torch.tensor([p.min_target if p else 0 for p in per])
         self.max_tgt = torch.tensor([p.max_target if p and p.max_target is not None else big for p in per])
+        #: target streams: never inputs, every token a target (outside the shared target budget)
+        self.always_target = torch.tensor([k in config.target_streams for k in layout.keys])
+        self.max_in = torch.where(self.always_target, 0, self.max_in)
+        self.max_tgt = torch.where(self.always_target, 0, self.max_tgt)
         for name, lo, budget in (("min_input", self.min_in, config.input_budget),
                                  ("min_target", self.min_tgt, config.target_budget)):
             if int(lo.sum()) > budget:
                 raise MmtokError(f"masking: the per-stream {name} values add up to {int(lo.sum())}, "
                                  f"more than the budget {budget}")
         self.k_in = min(config.input_budget, layout.total)
-        self.k_tgt = min(config.target_budget, layout.total)
+        extra = int(layout.size[self.always_target].sum())
+        self.k_tgt = min(config.target_budget + extra, layout.total)
 
     def draw(self, n: int, seed: int) -> MaskDraw:
         """Random numbers for n samples, a pure function of ``seed`` (CPU, global RNG untouched)."""
@@ -183,6 +188,7 @@ class MaskSampler:
         n_in = _allocate(in_budget, avail, draw.gamma_in, draw.order_in, self.min_in, self.max_in)
         n_tgt = _allocate(torch.full_like(total, self.config.target_budget), avail - n_in,
                           draw.gamma_tgt, draw.order_tgt, self.min_tgt, self.max_tgt)
+        n_tgt = torch.where(self.always_target, avail, n_tgt)  # every token of a target stream
         # a random rank for every slot within its stream: sort by (stream, noise)
         order = torch.argsort(lay.stream_of.unsqueeze(0) * 2.0 + draw.noise, dim=1)
         rank = torch.arange(lay.total) - lay.start[lay.stream_of]  # rank of sorted position p

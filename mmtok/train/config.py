@@ -1,11 +1,12 @@
 """The training config of ``mmtok train`` (YAML file, ``--config``): model size, masking,
 optimiser, streams / bundle / heads, schedule, precision."""
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from mmtok.config import StrictModel, problems
 from mmtok.errors import MmtokError
@@ -46,7 +47,10 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(default=64, ge=1, description="global batch (all ranks together)")
     max_steps: int = Field(default=1000, ge=1)
     seed: int = 0
-    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of samples held out (by id hash)")
+    #: regular expression whose first group is hashed instead of the whole sample id, so that a whole
+    #: patient / record / region is held out together (e.g. "^(p\\d+)-" for ids like "p07-beat0123")
+    val_group: str | None = Field(default=None, description="regex: hash this part of the id for the split")
     eval_every: int = Field(default=100, ge=1)
     eval_batches: int = Field(default=20, ge=1)
     log_every: int = Field(default=10, ge=1)
@@ -56,6 +60,25 @@ class TrainConfig(StrictModel):
     compile: bool = False
     fsdp: bool = False
     device: str | None = None
+
+    @field_validator("val_group")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"val_group {v!r} is not a regular expression ({err})") from None
+        return v
+
+    def with_target_streams(self, keys: list[str]) -> "TrainConfig":
+        """This config with ``keys`` added to ``masking.target_streams`` (`mmtok train --target-stream`)."""
+        targets = list(dict.fromkeys([*self.masking.target_streams, *keys]))
+        try:
+            masking = MaskingConfig.model_validate({**self.masking.model_dump(), "target_streams": targets})
+        except ValidationError as err:
+            raise MmtokError("\n".join(f"--target-stream: {p}" for p in problems(err))) from None
+        return self.model_copy(update={"masking": masking})
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":

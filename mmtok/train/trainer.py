@@ -64,8 +64,9 @@ class Trainer:
         self.data = TokenShards(tokens, config.streams)
         self.data.verify()  # every shard's header and id range, before any step
         ids = self.data.sample_ids
-        self.val_idx = [i for i, s in enumerate(ids) if held_out(s, config.val_fraction)]
-        self.train_idx = [i for i, s in enumerate(ids) if not held_out(s, config.val_fraction)]
+        val = [held_out(s, config.val_fraction, group=config.val_group) for s in ids]
+        self.val_idx = [i for i, v in enumerate(val) if v]
+        self.train_idx = [i for i, v in enumerate(val) if not v]
         if not self.train_idx:
             raise MmtokError(f"{tokens}: no training samples (val_fraction {config.val_fraction})")
         self.specs = self.data.specs()
@@ -172,7 +173,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out masked-token loss / accuracy per stream (fixed masks), with the unigram
-        baseline: the train-set token frequencies of each stream."""
+        baseline (the train-set token frequencies of each stream) and the number of target tokens
+        each stream's metrics rest on (``val/tokens/KEY``)."""
         if not self.val_idx:
             return {}
         cfg = self.config
@@ -201,6 +203,7 @@ class Trainer:
             if c == 0:
                 continue
             rec[f"val/loss/{key}"] = float(totals[0, s] / c)
+            rec[f"val/tokens/{key}"] = int(c)  # what the metrics rest on: a handful of tokens is noise
             if self.specs[key].is_discrete:
                 rec[f"val/acc/{key}"] = float(totals[2, s] / c)
                 rec[f"val/unigram_loss/{key}"] = float(totals[3, s] / c)

@@ -11,6 +11,7 @@ from pathlib import Path
 import mmtok
 
 ROOT = Path(__file__).resolve().parents[3]
+PLUGIN = ROOT / "plugins" / "mmtok-plugin-hsi"  # its registry.yaml: the plugin's streams and bundle
 EXAMPLE = ROOT / "examples" / "hsi"
 MODALITIES = ["hsi_cube", "infrared_image", "autofluorescence_image", "thickness_map", "elevation_map"]
 
@@ -35,10 +36,10 @@ def test_discovered_through_entry_point():
 
 
 def test_registry_resolves_the_bundle():
-    registry = mmtok.Registry.load(ROOT / "registry.yaml")
+    registry = mmtok.Registry.load(PLUGIN / "registry.yaml")
     bundle = registry.bundle("hsi-guided") if hasattr(registry, "bundle") else registry.bundles["hsi-guided"]
     assert "tok_hsi_cube" in str(bundle) and "hsi-guidance" in str(bundle)
-    out = _cli("registry", "check", "--registry", str(ROOT / "registry.yaml"), cwd=ROOT)
+    out = _cli("registry", "check", "--registry", str(PLUGIN / "registry.yaml"), cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "tok_hsi_cube" in out.stdout and "tok_elevation_map" in out.stdout
 

@@ -16,6 +16,7 @@ import mmtok
 from mmtok.testing import check_codec, check_modality
 
 ROOT = Path(__file__).resolve().parents[3]
+PLUGIN = ROOT / "plugins" / "mmtok-plugin-medimg"  # its registry.yaml: the plugin's streams and bundle
 EXAMPLE = ROOT / "examples" / "medimg"
 READERS = ["dicom-image", "image", "slide", "nifti-slice", "medmnist"]
 CODECS = ["medical-image-fsq", "medimg-vae-continuous", "medimg-vae-fsq"]
@@ -68,7 +69,7 @@ def test_patch_codec_brings_any_image_to_its_geometry():
 
 
 def test_registry_resolves_the_bundle():
-    out = _cli("registry", "check", "--registry", str(ROOT / "registry.yaml"), cwd=ROOT)
+    out = _cli("registry", "check", "--registry", str(PLUGIN / "registry.yaml"), cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "tok_medical_image" in out.stdout and "tok_medimg_latent" in out.stdout
 
