@@ -392,9 +392,25 @@ class Codec(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
                         modality: type[Modality] | None = None) -> "Codec":
-        """Load a codec of this family written by `save_pretrained` (no pickle: JSON +
-        safetensors). A checkpoint of unknown family: ``PluginManager.load_codec(directory)``."""
+        """Load a codec written by `save_pretrained` (no pickle: JSON + safetensors) from a folder,
+        or a pretrained codec shipped inside an installed plugin by its name
+        (``Codec.from_pretrained("tabular/diabetes-labs-fsq")``; `mmtok plugins` lists them).
+        On `Codec` itself the family class is found among the installed plugins."""
         directory = Path(directory)
+        if not directory.is_dir() or cls is Codec:
+            from mmtok.plugins import get_plugin_manager
+
+            manager = get_plugin_manager()
+            name = str(directory)
+            if not directory.is_dir() and manager.has_pretrained(name):
+                directory = Path(manager.pretrained(name).path)
+            elif not directory.is_dir():
+                known = ", ".join(manager.names("pretrained")) or "none installed"
+                raise CodecError(f"{name}: not a codec checkpoint (no config.json) nor an installed pretrained "
+                                 f"codec ({known})")
+            if cls is Codec:
+                return manager.load_codec(directory, modality=modality)
+            modality = modality or manager.modality(read_codec_config(directory)["modality"])
         meta = read_codec_config(directory)
         if cls is Codec:
             raise CodecError(f"{directory}: Codec.from_pretrained needs the codec's family class; load "

@@ -144,3 +144,20 @@ def test_a_sample_without_modalities_gets_mmtoks_message(tmp_path):
     assert [str(p) for p in problems] == [
         "sample 'a', modalities: the sample has no modalities; give at least one entry "
         "{\"<modality name>\": <file or table row>}, or leave the sample out"]
+
+
+def test_codec_from_pretrained_takes_a_shipped_name_or_a_folder(tmp_path):
+    codec = mmtok.Codec.from_pretrained("tabular/diabetes-labs-fsq")
+    assert type(codec).__name__ == "TableCodec" and codec.num_tokens == 3
+    same = type(codec).from_pretrained("tabular/diabetes-labs-fsq")
+    assert same.fingerprint() == codec.fingerprint()
+    codec.save_pretrained(tmp_path / "labs")
+    assert mmtok.Codec.from_pretrained(tmp_path / "labs").fingerprint() == codec.fingerprint()
+    with pytest.raises(mmtok.CodecError, match="nor an installed pretrained codec .*tabular/diabetes-labs-fsq"):
+        mmtok.Codec.from_pretrained("tabular/no-such-codec")
+
+
+def test_the_python_api_names_the_readme_promises():
+    for name in ("load_run", "embed_tokens", "impute_tokens", "encode_manifest", "Registry", "Manifest",
+                 "TokenShards", "TrainConfig", "Trainer"):
+        assert callable(getattr(mmtok, name)), name
