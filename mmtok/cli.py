@@ -34,12 +34,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(args: argparse.Namespace, *, manifest=None, tokens=None) -> Path:
+def _registry(args: argparse.Namespace, *, manifest=None, tokens=None, optional: bool = False) -> Path | None:
     """The registry file of a command (`mmtok.registry.find_registry`); one found by the rule (not
-    given with --registry) is announced on stderr, with the reason."""
+    given with --registry) is announced on stderr, with the reason. ``optional``: None when the
+    rule finds none (a missing --registry file is still an error)."""
+    from mmtok.errors import RegistryError
     from mmtok.registry import find_registry
 
-    choice = find_registry(args.registry, manifest=manifest, tokens=tokens)
+    try:
+        choice = find_registry(args.registry, manifest=manifest, tokens=tokens)
+    except RegistryError:
+        if optional and args.registry is None:
+            return None
+        raise
     if args.registry is None and not getattr(args, "quiet", False):
         print(choice, file=sys.stderr)
     return choice.path
@@ -127,17 +134,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from mmtok.manifest import Manifest, summarize
 
-    from mmtok.errors import RegistryError
-
     manifest = Manifest.load(args.manifest, allow_absolute=args.allow_absolute)
     used = Counter(k for s in manifest.samples for k in s.modalities)
-    try:
-        args.registry = _registry(args, manifest=args.manifest)
-    except RegistryError as err:
-        if args.registry is not None:
-            raise
-        args.registry = None
-        print(f"registry: none ({err}); per-sample shapes are not checked against codecs", file=sys.stderr)
+    args.registry = _registry(args, manifest=args.manifest, optional=True)
+    if args.registry is None and not args.quiet:
+        print(f"registry: none next to {args.manifest} or in the current folder; per-sample shapes are not "
+              "checked against codecs", file=sys.stderr)
     stream_problems, check_shape = _shape_checker(args.registry, set(used))
     for key, modality, reason in stream_problems:  # once per stream, before the samples' problems
         print(f"{args.registry}: stream {key!r} ({modality}): {reason}; its shape checks are skipped "
@@ -159,14 +161,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from mmtok.encode import encode_manifest
 
-    from mmtok.errors import RegistryError
-
-    try:
-        registry = _registry(args, manifest=args.manifest)
-    except RegistryError:
-        if args.registry is not None:
-            raise
-        registry = None  # encode_manifest reports a broken manifest first, then the missing registry
+    # none found: encode_manifest reports a broken manifest first, then the missing registry
+    registry = _registry(args, manifest=args.manifest, optional=True)
     summary = encode_manifest(args.manifest, args.out, registry_path=registry,
                               batch_size=args.batch_size, workers=args.workers, on_error=args.on_error,
                               resume=args.resume, overwrite=args.overwrite, shard_size=args.shard_size,
@@ -253,9 +249,10 @@ def _fit_codec(args: argparse.Namespace) -> int:
     from mmtok.registry import Registry
 
     args.registry = _registry(args, manifest=args.manifest)
-    if args.deterministic:  # one thread, deterministic kernels: the same weights on every rerun
+    if args.deterministic:  # one thread, deterministic kernels, seeded initialisation: the same weights on every rerun
         torch.set_num_threads(1)
         torch.use_deterministic_algorithms(True)
+        torch.manual_seed(args.seed)  # before the codec is built: its initial weights too
     registry = Registry.load(args.registry)
     if args.stream not in registry.streams:
         raise MmtokError(f"no stream {args.stream!r} in {args.registry}; streams are {sorted(registry.streams)}")

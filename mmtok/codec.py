@@ -397,26 +397,25 @@ class Codec(nn.Module):
         (``Codec.from_pretrained("tabular/diabetes-labs-fsq")``; `mmtok plugins` lists them).
         On `Codec` itself the family class is found among the installed plugins."""
         directory = Path(directory)
+        manager = None
         if not directory.is_dir() or cls is Codec:
             from mmtok.plugins import get_plugin_manager
 
             manager = get_plugin_manager()
-            name = str(directory)
-            if not directory.is_dir() and manager.has_pretrained(name):
+            if not directory.is_dir():
+                name = str(directory)
+                if not manager.has_pretrained(name):
+                    known = ", ".join(manager.names("pretrained")) or "none installed"
+                    raise CodecError(f"{name}: not a codec checkpoint (no config.json) nor an installed "
+                                     f"pretrained codec ({known})")
                 directory = Path(manager.pretrained(name).path)
-            elif not directory.is_dir():
-                known = ", ".join(manager.names("pretrained")) or "none installed"
-                raise CodecError(f"{name}: not a codec checkpoint (no config.json) nor an installed pretrained "
-                                 f"codec ({known})")
-            if cls is Codec:
+            if cls is Codec:  # the family class of the checkpoint, from the plugins
                 return manager.load_codec(directory, modality=modality)
-            modality = modality or manager.modality(read_codec_config(directory)["modality"])
         meta = read_codec_config(directory)
-        if cls is Codec:
-            raise CodecError(f"{directory}: Codec.from_pretrained needs the codec's family class; load "
-                             "it through the plugins: mmtok.get_plugin_manager().load_codec(directory)")
         if meta["family"] != cls.family:
             raise CodecError(f"{directory}: holds a {meta['family']!r} codec, not {cls.family!r}")
+        if modality is None and manager is not None:  # a shipped name: its modality from the plugins
+            modality = manager.modality(meta["modality"])
         codec = cls(meta["config"], modality=modality or cls._default_modality(meta["modality"]),
                     name=meta["codec"])
         codec.eval()

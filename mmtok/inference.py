@@ -77,14 +77,15 @@ def embed_tokens(run: str | Path, tokens: str | Path, batch_size: int = 256, sam
     leaving out the streams in ``exclude`` (e.g. the label a linear probe will predict)."""
     model = load_run(run)
     data = _open_tokens(model, tokens)
-    unknown = sorted(set(exclude or ()) - set(model.streams))
+    unknown = sorted(set(exclude or ()) - set(model.streams))  # checked before any batch is read
     if unknown:
         raise MmtokError(f"cannot exclude {unknown}: the run was trained on {list(model.streams)}")
     idx = _select(data, samples)
+    skip = set(exclude or ())
     pooled = []
     for i in _batches(len(idx), batch_size, progress, "embed"):
         batch = data.batch(idx[i:i + batch_size])
-        pooled.append(model.embed(TokenBatch({k: v for k, v in batch.items() if k not in (exclude or ())})).pooled)
+        pooled.append(model.embed(TokenBatch({k: v for k, v in batch.items() if k not in skip})).pooled)
     return [data.sample_ids[i] for i in idx], torch.cat(pooled) if pooled else torch.zeros(0, model.config.d_model)
 
 

@@ -161,3 +161,14 @@ def test_the_python_api_names_the_readme_promises():
     for name in ("load_run", "embed_tokens", "impute_tokens", "encode_manifest", "Registry", "Manifest",
                  "TokenShards", "TrainConfig", "Trainer"):
         assert callable(getattr(mmtok, name)), name
+
+
+def test_fit_codec_deterministic_gives_the_same_checkpoint_twice(tmp_path):
+    fingerprints = []
+    for i in range(2):
+        run = subprocess.run([sys.executable, "-m", "mmtok.cli", "fit-codec", str(CLINIC / "manifest.json"),
+                              "--stream", "tok_labs", "--out", str(tmp_path / f"c{i}"), "--steps", "30",
+                              "--deterministic", "--quiet"], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        fingerprints.append(json.loads((tmp_path / f"c{i}" / "config.json").read_text())["fingerprint"])
+    assert fingerprints[0] == fingerprints[1]
