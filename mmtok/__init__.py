@@ -15,13 +15,13 @@ from mmtok.codec import (ChannelNorm, Codec, CodecConfig, CodecOutput, NeuralCod
                          eval_mode)
 from mmtok.codecs import (CategoricalCodec, CategoricalCodecConfig, ImageCodec, PatchCodec, PatchCodecConfig,
                           ScalarCodec, ScalarCodecConfig, SpectrumCodec, TableCodec, TableCodecConfig, TimeSeriesCodec,
-                          VolumeCodec)
+                          TimeSeriesCodecConfig, VolumeCodec)
 from mmtok.errors import CodecError, MmtokError, ModalityError, PluginError, RegistryError
 from mmtok.hookspecs import (BundleSpec, CodecSpec, CommandSpec, HeadSpec, PretrainedSpec, ReaderSpec, SampleCheckSpec,
                              hookimpl)
 from mmtok.io import (DamagedFileError, OutputLock, atomic_write, load_weights_into, open_safetensors,
                       read_checkpoint, read_json, read_safetensors, write_checkpoint, write_json)
-from mmtok.modalities import Columns, Image, Scalars, Spectrum, Volume, stack_columns
+from mmtok.modalities import Columns, Image, Scalars, Spectrum, TimeSeries, Volume, stack_columns
 from mmtok.modality import Modality
 from mmtok.quantize import (ContinuousConfig, FSQConfig, LFQConfig, QuantizerConfig, ResidualVQConfig, VQConfig,
                             build_quantizer)
@@ -46,11 +46,11 @@ _LAZY = {
 __all__ = [
     "__version__",
     # data
-    "Modality", "Image", "Spectrum", "Volume", "Scalars", "Columns", "stack_columns", "TokenStream",
+    "Modality", "Image", "Spectrum", "TimeSeries", "Volume", "Scalars", "Columns", "stack_columns", "TokenStream",
     "TokenBatch",
     # codecs
     "Tokenizer", "Codec", "CodecConfig", "NeuralCodec", "NeuralCodecConfig", "CodecOutput", "ChannelNorm",
-    "eval_mode", "PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec",
+    "eval_mode", "PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec", "TimeSeriesCodecConfig",
     "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig", "CategoricalCodec",
     "CategoricalCodecConfig", "QuantizerConfig", "FSQConfig", "VQConfig", "LFQConfig", "ResidualVQConfig",
     "ContinuousConfig", "build_quantizer",

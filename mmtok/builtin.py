@@ -1,14 +1,15 @@
 """mmtok's own generic pieces, registered through the same hooks as any plugin."""
 
-from mmtok.codecs import CategoricalCodec, ImageCodec, ScalarCodec, SpectrumCodec, TableCodec, VolumeCodec
+from mmtok.codecs import (CategoricalCodec, ImageCodec, ScalarCodec, SpectrumCodec, TableCodec, TimeSeriesCodec,
+                          VolumeCodec)
 from mmtok.hookspecs import CodecSpec, ReaderSpec, hookimpl
-from mmtok.modalities import Image, Scalars, Spectrum, Volume
+from mmtok.modalities import Image, Scalars, Spectrum, TimeSeries, Volume
 from mmtok.readers import read_csv, read_npy, read_npz
 
 
 @hookimpl
 def mmtok_modalities():
-    return [Image, Spectrum, Volume, Scalars]
+    return [Image, Spectrum, TimeSeries, Volume, Scalars]
 
 
 @hookimpl
@@ -20,6 +21,10 @@ def mmtok_codecs():
         CodecSpec("spectrum-patch", "spectrum", SpectrumCodec,
                   {"channels": 1, "size": [128], "patch": [8]},
                   "1D spectra, one FSQ token per 8 channels"),
+        CodecSpec("timeseries-patch", "time_series", TimeSeriesCodec,
+                  {"channels": 1, "size": [64], "patch": [8]},
+                  "regularly sampled series, one FSQ token per 8 steps (length: pad / crop / resample for "
+                  "other lengths)"),
         CodecSpec("volume-patch", "volume", VolumeCodec,
                   {"channels": 1, "size": [8, 16, 16], "patch": [4, 8, 8]},
                   "3D volumes, one FSQ token per 4x8x8 patch"),

@@ -362,6 +362,24 @@ def cmd_impute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmtok.evaluate import evaluate_run
+    from mmtok.io import atomic_write, write_json
+
+    report = evaluate_run(args.run, args.tokens, args.stream, registry=_registry(args, tokens=args.tokens,
+                                                                                 optional=True),
+                          manifest=args.manifest, batch_size=args.batch_size, steps=args.steps,
+                          progress=not args.quiet)
+    text = report.markdown()
+    print(text)
+    if args.out is not None:
+        write_json(args.out, report.to_dict())
+        markdown = args.out.with_suffix(".md")
+        atomic_write(markdown, lambda p: p.write_text(text + "\n"))
+        print(f"wrote {args.out} and {markdown}")
+    return 0
+
+
 def _plugin_problem(manager, owner: str, problem: str) -> None:
     """Report a plugin command that can't be added: on stderr, and in `mmtok plugins`."""
     errors = manager.info[owner].errors if owner in manager.info else []
@@ -597,6 +615,28 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     _registry_option(p, "(for --decode)")
     _quiet_option(p)
     p.set_defaults(func=cmd_impute)
+
+    p = _command(sub, "evaluate", "predict streams of held-out samples from their other streams, against baselines",
+                 "For every sample the run held out (its val_fraction / val_group) that has the stream and "
+                 "another one: predict the stream from the others only. Discrete streams: accuracy, balanced "
+                 "accuracy, log loss and per-class recall, against each position's majority token and its "
+                 "unigram frequencies. Decodable streams (a codec in the registry and the manifest the token "
+                 "folder records): RMSE in data units against the training-set mean. Markdown on stdout, "
+                 "JSON with --out.",
+                 examples="mmtok evaluate runs/clinic/model --tokens runs/clinic/model_tokens\n"
+                          "mmtok evaluate run --tokens tokens --stream tok_label --out report.json")
+    p.add_argument("run", type=Path, help="an mmtok train run folder")
+    p.add_argument("--tokens", type=Path, required=True, help="the token folder the run was trained on")
+    p.add_argument("--stream", action="append", default=None, metavar="KEY",
+                   help="stream to evaluate (repeatable; default: every stream of the run)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="manifest of the original values for the RMSE (default: the one the token folder records)")
+    _registry_option(p, "and their codecs, for the RMSE in data units")
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here (and Markdown next to it)")
+    p.add_argument("--steps", type=int, default=8, help="MaskGIT decoding rounds of the decoded prediction")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    _quiet_option(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = _command(sub, "new-plugin", "scaffold a pip-installable plugin package",
                  examples="mmtok new-plugin seismo --dir .\npip install -e './mmtok-plugin-seismo[dev]'\n"

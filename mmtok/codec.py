@@ -192,6 +192,9 @@ class Codec(nn.Module):
     #: name under which the family itself is registered (a `CodecSpec` may use another)
     family: ClassVar[str] = "codec"
     default_modality: ClassVar[type[Modality] | None] = None
+    #: each token decodes on its own to the value at its position (quantile bins, categories):
+    #: a distribution over tokens then has a mean in data units (`mmtok evaluate`'s posterior mean)
+    tokenwise: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -346,6 +349,11 @@ class Codec(nn.Module):
         samples of different shapes can be collated for fitting (`mmtok fit-codec`). Default:
         unchanged (codecs that need one shape refuse others in `encode`)."""
         return m
+
+    def decode_like(self, stream: TokenStream, m: Modality) -> Modality:
+        """Decode ``stream`` with the other fields of ``m``, the modality it was encoded from
+        (wavelengths, spacing...; codecs that change the grid bring them to theirs)."""
+        return self.decode(stream, **self.passthrough_fields(m))
 
     def passthrough_fields(self, m: Modality) -> dict[str, Any]:
         """The fields of ``m`` this codec does not tokenize, e.g. to pass to `decode`."""

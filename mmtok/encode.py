@@ -444,6 +444,7 @@ def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, u
             samples.append({"id": s["id"], "shard": i, "row": s["row"], "streams": s["streams"]})
     stream_stats = merge_statistics(sidecars, info)
     index = {"version": 1, "manifest": str(Path(manifest_path).name),
+             "manifest_path": os.path.relpath(Path(manifest_path).resolve(), out.resolve()),  # for evaluate
              "registry": os.path.relpath(Path(registry_path).resolve(), out.resolve()),  # moves with the folder
              "streams": info,
              "shards": [f"shards/{shard_name(i)}.safetensors" for i in range(n_shards)],

@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mmtok.errors import ModalityError
 from mmtok.modality import Modality
 
-__all__ = ["Image", "Spectrum", "Volume", "Columns", "Scalars", "stack_columns"]
+__all__ = ["Image", "Spectrum", "TimeSeries", "Volume", "Columns", "Scalars", "stack_columns"]
 
 
 def _randn(*shape: int, generator: torch.Generator | None = None) -> Tensor:
@@ -46,6 +46,61 @@ class Spectrum(Modality):
     def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "Spectrum":
         wl = torch.linspace(1100.0, 2498.0, 128).expand(batch_size, -1).clone()
         return cls(values=_randn(batch_size, 1, 128, generator=generator), wavelength=wl)
+
+
+@dataclass(frozen=True, eq=False)
+class TimeSeries(Modality):
+    """A batch of regularly sampled multichannel series. values: (b, c, t).
+
+    ``valid`` (b, t): False at steps that hold no measurement (padding; `TimeSeriesCodec` with
+    ``length: pad`` sets it); None means every step is valid. ``time`` (b, t): optional sample
+    times; ``sample_rate`` (Hz, not batched): optional. Neither is tokenized: pass them to
+    ``decode`` again. Series of different lengths are different samples: a `TimeSeriesCodec`
+    brings them to its own length (``length: pad | crop | resample``).
+
+    Plugins subclass it with their own ``name`` (``EcgBeat``...); ``from_record`` takes a
+    1-D array (t,) as one channel, or (c, t).
+    """
+    name: ClassVar[str] = "time_series"
+    values: Float[Tensor, "b c t"]
+    valid: Bool[Tensor, "b t"] | None = None
+    time: Float[Tensor, "b t"] | None = None
+    sample_rate: float | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, sample_id: str | None = None):
+        """One series from a reader record: ``{"data": array}`` (the ``.npy`` reader) or field
+        names. A 1-D ``values`` (t,) is one channel: (1, t); (c, t) is kept; anything else is an
+        error naming the shape."""
+        record = dict(record)
+        key = "data" if set(record) == {"data"} else "values"
+        if key in record:
+            values = np.asarray(record.pop(key))
+            if values.ndim == 1:
+                values = values[None]
+            elif values.ndim != 2:
+                where = f"sample {sample_id!r}: " if sample_id is not None else ""
+                raise ModalityError(f"{where}{cls.__name__}.values: expected (t,) for one channel or (c, t), "
+                                    f"found shape {values.shape}")
+            record["values"] = values
+        return super().from_record(record, sample_id=sample_id)
+
+    @classmethod
+    def from_frame(cls, rows: Mapping[str, Any], channels: Sequence[str], time: str | None = None):
+        """One series from long-format columns (n time steps each) -> batch of one:
+        values (1, len(channels), n), time (1, n) from column ``time`` if given."""
+        values = stack_columns(rows, [*channels, *([time] if time else [])], where=f"{cls.__name__}.from_frame")
+        t = values[:, -1][None] if time else None
+        return cls(values=values[:, :len(channels)].T[None].contiguous(), time=t)
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "TimeSeries":
+        """Noisy sinusoids, 1 channel x 64 steps."""
+        t = torch.arange(64, dtype=torch.float32)
+        u = torch.rand(batch_size, 2, generator=generator)
+        freq, phase = (1.0 + 3.0 * u[:, :1]) / 64, 2 * np.pi * u[:, 1:]
+        values = torch.sin(2 * np.pi * freq * t + phase) + 0.1 * _randn(batch_size, 64, generator=generator)
+        return cls(values=values[:, None], time=t.expand(batch_size, -1).clone())
 
 
 @dataclass(frozen=True, eq=False)

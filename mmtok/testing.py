@@ -179,14 +179,14 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
     for i in range(b):
         _require(_same(codec.encode(ex[i]), s[i]),
                  f"{name}: sample {i} encodes differently alone than in a batch (batch-dependent codec)")
-    out = codec.decode(s, **codec.passthrough_fields(ex))
+    out = codec.decode_like(s, ex)
     _require(type(out) is codec.modality, f"{name}: decode returned {type(out).__name__}, "
              f"expected {codec.modality.__name__}")
     x, y = getattr(ex, codec.field), getattr(out, codec.field)
     _require(tuple(y.shape) == codec.decoded_shape(ex), f"{name}: decoded {codec.field} has shape "
              f"{tuple(y.shape)}, expected {codec.decoded_shape(ex)} (input {tuple(x.shape)})")
     _require(bool(torch.isfinite(y).all()), f"{name}: decoded values are not finite")
-    again = getattr(codec.decode(s, **codec.passthrough_fields(ex)), codec.field)
+    again = getattr(codec.decode_like(s, ex), codec.field)
     _require(torch.equal(y, again), f"{name}: decode is not deterministic")
     # the reconstruction must follow the ids. A trained network re-encodes its reconstruction of
     # the kit's random (off-distribution) example to other ids about half the time (labs-fsq: 52%;
@@ -199,7 +199,7 @@ def check_codec(codec: Codec, example: Modality | None = None, *, fit: bool = Tr
         loaded = type(codec).from_pretrained(tmp, modality=codec.modality)
         _require(loaded.fingerprint() == codec.fingerprint(), f"{name}: fingerprint changed on save/load")
         _require(_same(loaded.encode(ex), s), f"{name}: reloaded codec encodes differently")
-        y2 = getattr(loaded.decode(s, **codec.passthrough_fields(ex)), codec.field)
+        y2 = getattr(loaded.decode_like(s, ex), codec.field)
         _require(torch.allclose(y, y2, atol=1e-5, rtol=1e-4), f"{name}: reloaded codec decodes differently")
     # bad input must be a clear mmtok error, never a raw torch traceback
     _check_wrong_shape(codec, ex, name)
@@ -270,7 +270,7 @@ def _check_reencode(codec: Codec, out: Modality, s: TokenStream, name: str) -> N
                  f"{100 * agree:.0f}% of the ids of encode(x) (at least {100 * REENCODE_AGREEMENT:.0f}% "
                  "expected): decode does not reconstruct what the ids say")
         return
-    third = codec.encode(codec.decode(again, **codec.passthrough_fields(out))).values
+    third = codec.encode(codec.decode_like(again, out)).values
     change = float((third - again.values).pow(2).mean().sqrt() / again.values.pow(2).mean().sqrt().clamp_min(1e-12))
     _require(change <= REENCODE_TOLERANCE, f"{name}: re-encoding a reconstruction changes its continuous "
              f"tokens by {100 * change:.0f}% (RMS, at most {100 * REENCODE_TOLERANCE:.0f}% expected): decode "
@@ -333,7 +333,7 @@ def _check_wrong_shape(codec: Codec, ex: Modality, name: str) -> None:
     shape = tuple(getattr(bad, codec.field).shape)
     _require(codec.decoded_shape(bad) != shape,
              f"{name}: encoded a wrong-shaped {codec.field!r} {shape} without error")
-    out = getattr(codec.decode(stream, **codec.passthrough_fields(bad)), codec.field)
+    out = getattr(codec.decode_like(stream, bad), codec.field)
     _require(tuple(out.shape) == codec.decoded_shape(bad),
              f"{name}: a {shape} input decodes to {tuple(out.shape)}, the codec's decoded_shape says "
              f"{codec.decoded_shape(bad)}")

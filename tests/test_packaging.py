@@ -22,7 +22,7 @@ def test_installed_tabular_wheel_is_discovered_with_its_pretrained_codecs(tmp_pa
     assert listed.returncode == 0, listed.stderr
     tab = {r["name"]: r for r in json.loads(listed.stdout)}["tabular"]
     assert tab["package"] == "mmtok-plugin-tabular" and tab["version"] == "0.1.0" and not tab["errors"]
-    assert {"patient_demographics", "vital_signs", "lab_results", "table", "time_series"} <= set(
+    assert {"patient_demographics", "vital_signs", "lab_results", "table"} <= set(
         tab["provides"]["modalities"])
     code = (
         "import mmtok, mmtok_plugin_tabular as t\n"

@@ -2,10 +2,10 @@
 
 from mmtok.codecs.categorical import CategoricalCodec, CategoricalCodecConfig
 from mmtok.codecs.patch import (ImageCodec, PatchCodec, PatchCodecConfig, SpectrumCodec,
-                                TimeSeriesCodec, VolumeCodec)
+                                TimeSeriesCodec, TimeSeriesCodecConfig, VolumeCodec)
 from mmtok.codecs.scalar import ScalarCodec, ScalarCodecConfig
 from mmtok.codecs.table import TableCodec, TableCodecConfig
 
-__all__ = ["PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec",
+__all__ = ["PatchCodec", "PatchCodecConfig", "ImageCodec", "SpectrumCodec", "TimeSeriesCodec", "TimeSeriesCodecConfig",
            "VolumeCodec", "ScalarCodec", "ScalarCodecConfig", "TableCodec", "TableCodecConfig",
            "CategoricalCodec", "CategoricalCodecConfig"]

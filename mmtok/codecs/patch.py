@@ -10,20 +10,21 @@ Each token is one patch, with context from its neighbours through the 3x3(x3) bl
 """
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from mmtok.codec import ChannelNorm, NeuralCodec, NeuralCodecConfig
 from mmtok.errors import ModalityError
-from mmtok.modalities import Image, Spectrum, Volume
+from mmtok.modalities import Image, Spectrum, TimeSeries, Volume
 from mmtok.modality import Modality
 from mmtok.quantize import build_quantizer
 
-__all__ = ["PatchCodecConfig", "PatchCodec", "SpectrumCodec", "TimeSeriesCodec", "ImageCodec",
-           "VolumeCodec"]
+__all__ = ["PatchCodecConfig", "PatchCodec", "SpectrumCodec", "TimeSeriesCodecConfig", "TimeSeriesCodec",
+           "ImageCodec", "VolumeCodec"]
 
 _CONV = {1: (nn.Conv1d, nn.ConvTranspose1d), 2: (nn.Conv2d, nn.ConvTranspose2d),
          3: (nn.Conv3d, nn.ConvTranspose3d)}
@@ -124,10 +125,96 @@ class SpectrumCodec(PatchCodec):
     default_modality = Spectrum
 
 
+class TimeSeriesCodecConfig(PatchCodecConfig):
+    length: Literal["exact", "pad", "crop", "resample"] = Field(
+        "exact", description="series of another length than size[0]: refuse them (exact); pad shorter ones "
+                             "by repeating the last step, marked invalid (pad); keep the first size[0] "
+                             "steps of longer ones (crop); interpolate linearly to size[0] (resample)")
+
+
 class TimeSeriesCodec(PatchCodec):
-    """Regularly sampled time series: (b, c, t) in windows of ``patch`` steps."""
+    """Regularly sampled time series: (b, c, t) in windows of ``patch`` steps; series of any
+    length t are brought to ``size[0]`` steps by the config's ``length`` policy.
+
+    With ``pad``, the padded steps (and steps a `TimeSeries.valid` marks False) carry no loss
+    when the codec is fitted, and the decoded series has ``valid`` False there when the
+    original's fields are passed to ``decode``.
+    """
+    config_class = TimeSeriesCodecConfig
     family = "timeseries-patch"
     ndim = 1
+    default_modality = TimeSeries
+
+    def _fit_length(self, x: Tensor, what: str, mode: str = "linear") -> Tensor:
+        """(b, [c,] t) -> (b, [c,] size[0]) by the length policy; ``mode`` nearest for masks."""
+        cfg: TimeSeriesCodecConfig = self.config
+        n, t = cfg.size[0], x.shape[-1]
+        if t == n:
+            return x
+        if cfg.length == "pad" and t < n:
+            return F.pad(x.float(), (0, n - t), mode="replicate").to(x.dtype) if x.dim() == 3 else \
+                F.pad(x, (0, n - t), value=False if x.dtype == torch.bool else 0)
+        if cfg.length == "crop" and t > n:
+            return x[..., :n]
+        if cfg.length == "resample":
+            y = x.float() if x.dim() == 3 else x.float()[:, None]
+            y = F.interpolate(y, size=n, mode=mode, **({"align_corners": True} if mode == "linear" else {}))
+            y = y if x.dim() == 3 else y[:, 0]
+            return y.bool() if x.dtype == torch.bool else y.to(x.dtype)
+        hint = {"exact": "set length: pad, crop or resample in the codec config",
+                "pad": "pad only lengthens; use crop or resample for longer series",
+                "crop": "crop only shortens; use pad or resample for shorter series"}.get(cfg.length, "")
+        raise ModalityError(f"{self.name}: {what} has {t} steps, the codec takes {n} (length: {cfg.length}); {hint}")
+
+    def _valid(self, m: TimeSeries) -> Tensor | None:
+        """(b, size[0]) validity of each step after the length policy; None when all are valid."""
+        t = m.values.shape[-1]
+        own = m.valid if m.valid is not None else torch.ones(len(m), t, dtype=torch.bool, device=m.values.device)
+        if m.valid is None and (t >= self.config.size[0] or self.config.length != "pad"):
+            return None
+        return self._fit_length(own, f"{type(m).__name__}.valid", mode="nearest")
+
+    def to_tensor(self, m: Modality) -> Tensor:
+        x = getattr(m, self.field)
+        c = self.config.channels
+        if x.dim() != 3 or x.shape[1] != c:
+            raise ModalityError(f"{self.name}: {type(m).__name__}.{self.field} must be (b, {c}, t) ({c} channel"
+                                f"{'s' if c > 1 else ''}), found {tuple(x.shape)}")
+        return self._fit_length(x.float(), f"{type(m).__name__}.{self.field}")
+
+    def forward(self, m: Modality):
+        """Training pass; steps that are not valid (padding) carry no reconstruction loss."""
+        out = super().forward(m)
+        valid = self._valid(m) if isinstance(m, TimeSeries) else None
+        if valid is None:
+            return out
+        return out._replace(x_hat=torch.where(valid[:, None, :].to(out.x.device), out.x_hat, out.x.detach()))
+
+    def _fit_fields(self, m: TimeSeries) -> dict[str, Any]:
+        """``m``'s other fields at the codec's length: ``valid`` (padded steps False), ``time``
+        (dropped when padded: the times of padded steps are unknown)."""
+        t, n = m.values.shape[-1], self.config.size[0]
+        out = self.passthrough_fields(m)
+        out["valid"] = self._valid(m)
+        if m.time is not None:
+            out["time"] = None if (self.config.length == "pad" and t < n) else self._fit_length(m.time, "time")
+        return out
+
+    def decode_like(self, stream, m: Modality) -> Modality:
+        return self.decode(stream, **(self._fit_fields(m) if isinstance(m, TimeSeries) else
+                                      self.passthrough_fields(m)))
+
+    def canonical(self, m: Modality) -> Modality:
+        if not isinstance(m, TimeSeries):
+            return m
+        return m.replace(values=self.to_tensor(m), **{k: v for k, v in self._fit_fields(m).items()
+                                                      if k in ("valid", "time")})
+
+    def decoded_shape(self, m: Modality) -> tuple[int, ...]:
+        return (len(m), self.config.channels, self.config.size[0])
+
+    def reconstruction_target(self, m: Modality) -> Tensor:
+        return self.to_tensor(m)
 
 
 class ImageCodec(PatchCodec):

@@ -37,6 +37,7 @@ class ScalarCodec(Codec):
 
     config_class = ScalarCodecConfig
     family: ClassVar[str] = "scalar-quantile"
+    tokenwise: ClassVar[bool] = True
     default_modality = Scalars
 
     def __init__(self, config, modality: type[Modality] | None = None, name: str | None = None):

@@ -1,4 +1,5 @@
-"""Tabular modalities: the diabetes study's three tables, a generic CSV table and time series.
+"""Tabular modalities: the diabetes study's three tables and a generic CSV table (`TimeSeries`,
+once here, is mmtok's own `mmtok.TimeSeries`; re-exported for old imports).
 
 Do not add ``from __future__ import annotations`` here: it would turn the jaxtyping shape
 annotations into strings and mmtok refuses such modalities.
@@ -9,7 +10,6 @@ columns (a dict of 1-D arrays, or a pandas DataFrame), ``to_frame`` goes back an
 maps one manifest table row.
 """
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mmtok import Columns, Modality
+from mmtok import Columns, TimeSeries  # noqa: F401 - TimeSeries lives in mmtok now; re-exported
 from mmtok import stack_columns as _stack_columns
 
 __all__ = ["PatientDemographics", "VitalSigns", "LabResults", "Table", "TimeSeries",
@@ -116,32 +116,3 @@ class Table(Columns):
         """Random rows of 4 named columns (fits the default ``table-quantile`` codec)."""
         return cls(values=torch.randn(batch_size, 4, generator=generator),
                    columns=("x0", "x1", "x2", "x3"))
-
-
-@dataclass(frozen=True, eq=False)
-class TimeSeries(Modality):
-    """Regularly sampled multichannel time series. values: (b, c, t); time: (b, t) optional
-    sample times (not encoded by the codec: pass it again to ``decode``)."""
-
-    name: ClassVar[str] = "time_series"
-    values: Float[Tensor, "b c t"]
-    time: Float[Tensor, "b t"] | None = None
-
-    @classmethod
-    def from_frame(cls, rows: Mapping[str, Any], channels: Sequence[str],
-                   time: str | None = None) -> "TimeSeries":
-        """One series from long-format columns (n time steps each) -> batch of one:
-        values (1, len(channels), n), time (1, n) from column ``time`` if given."""
-        values = stack_columns("TimeSeries", rows, [*channels, *([time] if time else [])])
-        t = values[:, -1][None] if time else None
-        return cls(values=values[:, :len(channels)].T[None].contiguous(), time=t)
-
-    @classmethod
-    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "TimeSeries":
-        """Noisy sinusoids, 1 channel x 64 steps (fits the default ``timeseries-fsq`` codec)."""
-        t = torch.arange(64, dtype=torch.float32)
-        freq = _uniform(generator, batch_size, 1.0, 4.0)[:, None] / 64
-        phase = _uniform(generator, batch_size, 0.0, 2 * math.pi)[:, None]
-        noise = 0.1 * torch.randn(batch_size, 64, generator=generator)
-        values = torch.sin(2 * math.pi * freq * t + phase) + noise
-        return cls(values=values[:, None], time=t.expand(batch_size, -1).clone())

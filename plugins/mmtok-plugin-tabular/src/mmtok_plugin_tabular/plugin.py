@@ -4,8 +4,7 @@ from pathlib import Path
 
 from mmtok import CodecSpec, PretrainedSpec, ScalarCodec, TableCodec, TimeSeriesCodec, hookimpl
 
-from mmtok_plugin_tabular.modalities import (LabResults, PatientDemographics, Table, TimeSeries,
-                                             VitalSigns)
+from mmtok_plugin_tabular.modalities import LabResults, PatientDemographics, Table, VitalSigns
 
 PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
 
@@ -22,7 +21,7 @@ PRETRAINED = {
 
 @hookimpl
 def mmtok_modalities():
-    return [PatientDemographics, VitalSigns, LabResults, Table, TimeSeries]
+    return [PatientDemographics, VitalSigns, LabResults, Table]
 
 
 @hookimpl
