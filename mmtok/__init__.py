@@ -33,7 +33,7 @@ _LAZY = {
     "PluginManager": "mmtok.plugins", "get_plugin_manager": "mmtok.plugins",
     "reset_plugin_manager": "mmtok.plugins",
     "Registry": "mmtok.registry", "Manifest": "mmtok.manifest",
-    "TokenShards": "mmtok.shards", "held_out": "mmtok.shards",
+    "TokenShards": "mmtok.shards", "TokenDataset": "mmtok.shards", "held_out": "mmtok.shards",
     "FitReport": "mmtok.fit", "codebook_usage": "mmtok.fit", "evaluate_codec": "mmtok.fit",
     "fit_codec": "mmtok.fit",
     "Features": "mmtok.model", "MaskingConfig": "mmtok.model", "ModelConfig": "mmtok.model",
@@ -41,6 +41,7 @@ _LAZY = {
     "encode_manifest": "mmtok.encode",
     "TrainConfig": "mmtok.train", "Trainer": "mmtok.train",
     "embed_tokens": "mmtok.inference", "impute_tokens": "mmtok.inference", "load_run": "mmtok.inference",
+    "evaluate_run": "mmtok.evaluate",
 }
 
 __all__ = [

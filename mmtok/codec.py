@@ -85,14 +85,14 @@ class CodecConfig(StrictModel):
     """Base config of every codec. ``modality`` is the name of the modality it tokenizes;
     ``field`` the tensor field it reads (default: the modality's first tensor field)."""
 
-    modality: str
-    field: str | None = None
+    modality: str = Field(description="name of the modality it tokenizes")
+    field: str | None = Field(default=None, description="the tensor field it reads (default: the modality's first)")
 
 
 class NeuralCodecConfig(CodecConfig):
     """Config of a learned codec: adds the quantizer (FSQ / VQ / LFQ / residual VQ / continuous)."""
 
-    quantizer: QuantizerConfig = Field(default_factory=FSQConfig)
+    quantizer: QuantizerConfig = Field(default_factory=FSQConfig, description="fsq / vq / lfq / residual_vq / continuous, with its options")
 
 
 class CodecOutput(NamedTuple):

@@ -34,7 +34,7 @@ from mmtok.io import DamagedFileError, atomic_write, open_safetensors, read_json
 from mmtok.model.config import StreamSpec
 from mmtok.tokens import TokenBatch, TokenStream
 
-__all__ = ["INDEX", "TokenShards", "check_shard", "file_sha256", "held_out", "merge_statistics",
+__all__ = ["INDEX", "TokenShards", "TokenDataset", "check_shard", "file_sha256", "held_out", "merge_statistics",
            "shard_name", "tensor_names", "write_shard"]
 
 INDEX = "index.json"
@@ -312,3 +312,40 @@ class TokenShards:
             raise MmtokError(f"sample {sample_id!r} has no {key!r} (its manifest entry lacks "
                              f"modality {info['modality']!r})")
         return self.make_stream(key, tokens, present)
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """A token folder as a map-style torch ``Dataset``, for a training loop of one's own.
+
+    Item ``i`` is sample ``i`` of `TokenShards` (``sample_ids[i]``) as a `TokenBatch` of one; a
+    ``DataLoader`` fetches a whole batch in one read per shard (``__getitems__``), so use
+    `loader` (or pass ``collate_fn=TokenDataset.collate``)::
+
+        data = TokenDataset("runs/clinic/tokens")
+        for batch in data.loader(batch_size=64, shuffle=True):   # TokenBatch of 64
+            out = model(batch, masks)
+    """
+
+    def __init__(self, directory: str | Path, streams: Sequence[str] | None = None):
+        self.shards = TokenShards(directory, streams)
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return self.shards.sample_ids
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> TokenBatch:
+        return self.shards.batch([i])
+
+    def __getitems__(self, indices: Sequence[int]) -> TokenBatch:
+        return self.shards.batch(list(indices))
+
+    @staticmethod
+    def collate(batch):
+        return batch  # __getitems__ already made one TokenBatch
+
+    def loader(self, batch_size: int = 64, shuffle: bool = False, **kwargs) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
+                                           **kwargs)

@@ -156,6 +156,7 @@ def test_validate_reports_a_codec_that_cannot_be_built_once(corpus):
     samples += [{"id": f"big{i}", "modalities": {"five_band": "data/big.npy"}} for i in range(2)]
     (root / "many.json").write_text(json.dumps(
         {"tables": {"vitals": {"path": "data/vitals.csv", "key": "id"}}, "samples": samples}))
+    (root / "codecs" / "never-fitted").mkdir(parents=True)  # a folder without config.json: no codec
     run = cli(["validate", "many.json", "--registry", "broken.yaml"], env, root)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     lines = run.stderr.splitlines()

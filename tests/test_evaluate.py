@@ -98,3 +98,16 @@ def test_bad_requests_get_clear_errors(clinic_run, tmp_path, capsys):
     (tmp_path / "run" / "config.yaml").write_text("val_fraction: 0.0\n")
     assert main(["evaluate", str(tmp_path / "run"), "--tokens", str(tokens), "--quiet"]) == 1
     assert "holds out no sample" in capsys.readouterr().err
+
+
+def test_token_dataset_batches_like_token_shards(clinic_run):
+    _, tokens, _ = clinic_run
+    data = mmtok.TokenDataset(tokens)
+    shards = TokenShards(tokens)
+    assert len(data) == len(shards) and data.sample_ids == shards.sample_ids
+    batches = list(data.loader(batch_size=100))
+    assert [b.batch_size for b in batches] == [100, 100, 100, 100, 42]
+    first = shards.batch(range(100))
+    assert all(torch.equal(batches[0][k].ids, first[k].ids) and torch.equal(batches[0][k].present, first[k].present)
+               for k in first)
+    assert data[3]["tok_labs"].ids.shape == (1, 6)

@@ -159,7 +159,7 @@ def test_codec_from_pretrained_takes_a_shipped_name_or_a_folder(tmp_path):
 
 def test_the_python_api_names_the_readme_promises():
     for name in ("load_run", "embed_tokens", "impute_tokens", "encode_manifest", "Registry", "Manifest",
-                 "TokenShards", "TrainConfig", "Trainer"):
+                 "TokenShards", "TokenDataset", "TrainConfig", "Trainer", "evaluate_run", "TimeSeries"):
         assert callable(getattr(mmtok, name)), name
 
 

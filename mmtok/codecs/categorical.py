@@ -27,7 +27,7 @@ __all__ = ["CategoricalCodecConfig", "CategoricalCodec"]
 
 
 class CategoricalCodecConfig(CodecConfig):
-    columns: int = Field(ge=1)
+    columns: int = Field(ge=1, description="number of columns")
     num_categories: int = Field(16, ge=2, description="vocabulary: the most categories one column may have")
 
 

@@ -34,10 +34,10 @@ class PatchCodecConfig(NeuralCodecConfig):
     channels: int = Field(ge=1, description="number of input channels / bands")
     size: list[int] = Field(min_length=1, max_length=3, description="spatial size, e.g. [64, 64]")
     patch: list[int] = Field(min_length=1, max_length=3, description="patch size per axis")
-    hidden: int = Field(64, ge=1)
-    latent_dim: int = Field(8, ge=1)
+    hidden: int = Field(64, ge=1, description="conv channels of encoder and decoder")
+    latent_dim: int = Field(8, ge=1, description="width of each latent before quantization (FSQ: its levels set it)")
     blocks: int = Field(2, ge=0, description="residual conv blocks on each side")
-    norm: str = Field("standard", pattern="^(standard|arcsinh|none)$")
+    norm: str = Field("standard", pattern="^(standard|arcsinh|none)$", description="per-channel input normalisation fitted on the data: z-score, arcsinh (heavy tails, e.g. flux), none")
 
     @model_validator(mode="after")
     def _divisible(self):

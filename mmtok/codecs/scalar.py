@@ -28,8 +28,8 @@ __all__ = ["ScalarCodecConfig", "ScalarCodec"]
 
 
 class ScalarCodecConfig(CodecConfig):
-    columns: int = Field(ge=1)
-    num_bins: int = Field(256, ge=2)
+    columns: int = Field(ge=1, description="number of columns")
+    num_bins: int = Field(256, ge=2, description="equal-probability bins per column (the vocabulary)")
 
 
 class ScalarCodec(Codec):

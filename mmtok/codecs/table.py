@@ -22,11 +22,11 @@ __all__ = ["TableCodecConfig", "TableCodec"]
 
 
 class TableCodecConfig(NeuralCodecConfig):
-    columns: int = Field(ge=1)
-    num_tokens: int = Field(2, ge=1)
-    hidden: int = Field(128, ge=1)
-    latent_dim: int = Field(4, ge=1)
-    norm: str = Field("standard", pattern="^(standard|none)$")
+    columns: int = Field(ge=1, description="number of columns")
+    num_tokens: int = Field(2, ge=1, description="tokens per row")
+    hidden: int = Field(128, ge=1, description="MLP width")
+    latent_dim: int = Field(4, ge=1, description="width of each latent before quantization")
+    norm: str = Field("standard", pattern="^(standard|none)$", description="per-column z-score fitted on the data, or none")
 
 
 def _mlp(i: int, h: int, o: int) -> nn.Sequential:

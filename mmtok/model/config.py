@@ -49,14 +49,14 @@ class StreamSpec(_Frozen):
 class ModelConfig(_Frozen):
     """Size of `MultimodalMaskedTransformer` (4M-B is d_model 768, 12 + 12 layers)."""
 
-    d_model: int = Field(default=256, ge=8)
-    num_heads: int = Field(default=4, ge=1)
-    encoder_depth: int = Field(default=4, ge=1)
-    decoder_depth: int = Field(default=2, ge=1)
-    mlp_ratio: float = Field(default=4.0, gt=0)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    d_model: int = Field(default=256, ge=8, description="width of every token embedding and layer")
+    num_heads: int = Field(default=4, ge=1, description="attention heads (must divide d_model)")
+    encoder_depth: int = Field(default=4, ge=1, description="encoder blocks (over the input tokens)")
+    decoder_depth: int = Field(default=2, ge=1, description="decoder blocks (target queries cross-attend to the encoder)")
+    mlp_ratio: float = Field(default=4.0, gt=0, description="MLP hidden width / d_model")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout in attention and MLP")
     #: loss of continuous targets: "mse" or "l1"
-    continuous_loss: str = Field(default="mse", pattern="^(mse|l1)$")
+    continuous_loss: str = Field(default="mse", pattern="^(mse|l1)$", description="loss of continuous targets")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -68,11 +68,11 @@ class ModelConfig(_Frozen):
 class StreamBudget(_Frozen):
     """Per-stream overrides of the masking budgets."""
 
-    alpha: float | None = Field(default=None, gt=0)
-    min_input: int = Field(default=0, ge=0)
-    max_input: int | None = Field(default=None, ge=0)
-    min_target: int = Field(default=0, ge=0)
-    max_target: int | None = Field(default=None, ge=0)
+    alpha: float | None = Field(default=None, gt=0, description="this stream's Dirichlet concentration (default: masking.alpha)")
+    min_input: int = Field(default=0, ge=0, description="at least this many of its tokens are inputs when present")
+    max_input: int | None = Field(default=None, ge=0, description="at most this many of its tokens are inputs (0: never an input)")
+    min_target: int = Field(default=0, ge=0, description="at least this many of its tokens are targets when present")
+    max_target: int | None = Field(default=None, ge=0, description="at most this many of its tokens are targets (0: never a target)")
 
 
 class MaskingConfig(_Frozen):

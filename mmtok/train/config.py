@@ -18,48 +18,48 @@ __all__ = ["HeadConfig", "OptimConfig", "TrainConfig"]
 class OptimConfig(StrictModel):
     """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
 
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = Field(default=50, ge=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    clip_grad: float | None = Field(default=1.0, gt=0)
+    lr: float = Field(default=1e-3, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
+    weight_decay: float = Field(default=0.05, ge=0, description="AdamW weight decay (not on norms and biases)")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas")
+    warmup_steps: int = Field(default=50, ge=0, description="linear warm-up steps")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="final learning rate / lr")
+    clip_grad: float | None = Field(default=1.0, gt=0, description="gradient-norm clip (null: none)")
 
 
 class HeadConfig(StrictModel):
     """A head from a plugin (`mmtok.hookspecs.HeadSpec`), trained jointly: total loss =
     masked-modelling loss + weight * head loss."""
 
-    head: str
-    weight: float = Field(default=1.0, ge=0)
-    config: dict[str, Any] = Field(default_factory=dict)
+    head: str = Field(description="a HeadSpec name from a plugin")
+    weight: float = Field(default=1.0, ge=0, description="its loss weight in the total")
+    config: dict[str, Any] = Field(default_factory=dict, description="the head's own options")
 
 
 class TrainConfig(StrictModel):
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    masking: MaskingConfig = Field(default_factory=MaskingConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="transformer size (model.*)")
+    masking: MaskingConfig = Field(default_factory=MaskingConfig, description="4M masking budgets (masking.*)")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer and schedule (optim.*)")
     #: streams to train on (default: every stream of the token folder)
-    streams: list[str] | None = None
+    streams: list[str] | None = Field(default=None, description="streams to train on (default: every stream of the token folder)")
     #: a bundle name from a plugin: its streams and heads
-    bundle: str | None = None
-    heads: dict[str, HeadConfig] = Field(default_factory=dict)
+    bundle: str | None = Field(default=None, description="a plugin bundle: its streams and heads")
+    heads: dict[str, HeadConfig] = Field(default_factory=dict, description="plugin heads trained jointly, by name")
     batch_size: int = Field(default=64, ge=1, description="global batch (all ranks together)")
-    max_steps: int = Field(default=1000, ge=1)
-    seed: int = 0
+    max_steps: int = Field(default=1000, ge=1, description="total optimizer steps")
+    seed: int = Field(default=0, description="seed of the sample order, masks, dropout and initial weights")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of samples held out (by id hash)")
     #: regular expression whose first group is hashed instead of the whole sample id, so that a whole
     #: patient / record / region is held out together (e.g. "^(p\\d+)-" for ids like "p07-beat0123")
     val_group: str | None = Field(default=None, description="regex: hash this part of the id for the split")
-    eval_every: int = Field(default=100, ge=1)
-    eval_batches: int = Field(default=20, ge=1)
-    log_every: int = Field(default=10, ge=1)
-    checkpoint_every: int = Field(default=100, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1)
-    precision: str = Field(default="auto", pattern="^(auto|fp32|bf16)$")
-    compile: bool = False
-    fsdp: bool = False
-    device: str | None = None
+    eval_every: int = Field(default=100, ge=1, description="steps between held-out evaluations")
+    eval_batches: int = Field(default=20, ge=1, description="held-out batches per evaluation")
+    log_every: int = Field(default=10, ge=1, description="steps between metrics.jsonl lines")
+    checkpoint_every: int = Field(default=100, ge=1, description="steps between checkpoints (resume points)")
+    keep_checkpoints: int = Field(default=2, ge=1, description="checkpoints kept (older ones are removed)")
+    precision: str = Field(default="auto", pattern="^(auto|fp32|bf16)$", description="auto: bf16 autocast on GPUs that support it, else fp32")
+    compile: bool = Field(default=False, description="torch.compile the model")
+    fsdp: bool = Field(default=False, description="shard parameters with FSDP2 under torchrun (default: DDP)")
+    device: str | None = Field(default=None, description="cpu / cuda / cuda:1 (default: the rank's GPU if any, else cpu)")
 
     @field_validator("val_group")
     @classmethod
