@@ -26,7 +26,6 @@ the training-set mean.
 """
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 
@@ -34,7 +33,6 @@ import numpy as np
 import torch
 
 from mmtok.errors import MmtokError
-from mmtok.io import read_json
 from mmtok.shards import TokenShards, held_out
 
 __all__ = ["StreamEvaluation", "EvaluationReport", "evaluate_run", "recorded_manifest"]
@@ -98,14 +96,10 @@ class EvaluationReport:
 
 def recorded_manifest(tokens: str | os.PathLike) -> Path | None:
     """The manifest a token folder's ``index.json`` records (relative to the folder), or None."""
-    path = Path(tokens) / "index.json"
-    if not path.is_file():
-        return None
-    ref = read_json(path).get("manifest_path")
-    if not ref:
-        return None
-    found = Path(ref) if os.path.isabs(ref) else Path(tokens) / ref
-    return found if found.is_file() else None
+    from mmtok.registry import recorded_path
+
+    found = recorded_path(tokens, "manifest_path")
+    return found if found is not None and found.is_file() else None
 
 
 def evaluate_run(run: str | os.PathLike, tokens: str | os.PathLike, streams: list[str] | None = None, *,
@@ -114,7 +108,7 @@ def evaluate_run(run: str | os.PathLike, tokens: str | os.PathLike, streams: lis
     """Evaluate ``streams`` (default: every stream of the run) of ``run`` on the held-out samples
     of the token folder ``tokens``. ``registry`` / ``manifest`` (default: the ones the folder
     records) are needed only for the RMSE of decodable streams."""
-    from mmtok.inference import _batches, _open_tokens, load_run
+    from mmtok.inference import _open_tokens, load_run
     from mmtok.train import TrainConfig
 
     model = load_run(run)
@@ -267,11 +261,11 @@ class _Decoder:
             return None
         truth = torch.stack(targets)  # (b, ...)
         reference = torch.stack([codec.reconstruction_target(load(i)).double()[0] for i in train])
-        axes = tuple(range(1, truth.dim() - 1)) if truth.dim() > 2 else ()
         mean = reference.mean(0)  # per element: the training-set mean
-        std = reference.std(0, unbiased=False) + 1e-12
-        if axes:  # images, series: one spread per channel (axis 0 of the field), not per pixel
+        if truth.dim() > 2:  # images, series: one spread per channel (axis 0 of the field), not per pixel
             std = reference.transpose(0, 1).flatten(1).std(1, unbiased=False).view(-1, *[1] * (truth.dim() - 2))
+        else:  # columns: one spread each
+            std = reference.std(0, unbiased=False) + 1e-12
 
         def decode(tokens: torch.Tensor, i: int) -> torch.Tensor:
             m = test_m[i]

@@ -272,13 +272,19 @@ def find_registry(explicit: str | os.PathLike | None = None, *, manifest: str | 
 def recorded_registry(tokens: str | os.PathLike) -> Path | None:
     """The registry a token folder's ``index.json`` records (stored relative to the folder; an
     absolute path, as older folders have, is used as it is), or None."""
+    return recorded_path(tokens, "registry")
+
+
+def recorded_path(tokens: str | os.PathLike, key: str) -> Path | None:
+    """The file a token folder's ``index.json`` records under ``key`` ("registry",
+    "manifest_path"), resolved against the folder; None when it records none."""
     import json
 
     index = Path(tokens) / "index.json"
     if not index.is_file():
         return None
     try:
-        ref = json.loads(index.read_text()).get("registry")
+        ref = json.loads(index.read_text()).get(key)
     except (OSError, json.JSONDecodeError):
         return None
     if not ref:
