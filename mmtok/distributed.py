@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed
 
-__all__ = ["Dist", "init_distributed", "pick_device"]
+__all__ = ["Dist", "full_tensor", "init_distributed", "like", "pick_device"]
 
 
 @dataclasses.dataclass
@@ -68,3 +68,23 @@ def pick_device(name: str | None = None) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2-sharded ``DTensor`` (a collective: every rank calls it, in the
+    same order); any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def like(value: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``value`` (a whole tensor, e.g. read from a checkpoint) laid out like ``ref``: this rank's
+    shard when ``ref`` is a ``DTensor`` of the same shape, else ``value`` itself. Every rank holds
+    the whole ``value``, so each keeps its own shard with no communication."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(ref, DTensor) and not isinstance(value, DTensor) and value.shape == ref.shape:
+        return distribute_tensor(value.to(ref.device, ref.dtype), ref.device_mesh, ref.placements,
+                                 src_data_rank=None)
+    return value

@@ -30,9 +30,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from mmtok.distributed import full_tensor, like
 from mmtok.errors import MmtokError, warn
 
-__all__ = ["DamagedFileError", "OutputLock", "atomic_write", "checkpoint_folders", "load_weights_into",
+__all__ = ["DamagedFileError", "OutputLock", "atomic_write", "checkpoint_folders", "full_optimizer_state",
+           "load_weights_into",
            "open_safetensors", "read_checkpoint",
            "read_json", "read_safetensors", "write_checkpoint", "write_json"]
 
@@ -122,17 +124,27 @@ def _damaged(path: Path, what: str, err: BaseException, hint: str) -> DamagedFil
 def load_weights_into(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str) -> None:
     """``module.load_state_dict(tensors)``; weights of another shape or with other names are a
     one-line `DamagedFileError` naming ``path``."""
+    own = module.state_dict()
     try:
-        module.load_state_dict(tensors)
+        module.load_state_dict({k: like(v, own[k]) if k in own else v for k, v in tensors.items()})
     except RuntimeError as err:
         detail = " ".join(str(err).split())
         raise DamagedFileError(f"{path}: {what} does not fit the model ({detail[:300]})") from None
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimiser state as flat tensors (safetensors) + the JSON-able rest (no pickle)."""
+def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """``opt.state_dict()`` with every FSDP2-sharded state tensor gathered whole (a collective
+    when the parameters are sharded: every rank calls it), as `write_checkpoint` takes it."""
     sd = opt.state_dict()
+    return {"state": {pid: {n: full_tensor(v) if torch.is_tensor(v) else v for n, v in st.items()}
+                      for pid, st in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimiser state as flat tensors (safetensors) + the JSON-able rest (no pickle)."""
+    sd = opt if isinstance(opt, dict) else full_optimizer_state(opt)
     tensors = {}
     for pid, state in sd["state"].items():
         for name, value in state.items():
@@ -145,13 +157,19 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     for key, value in tensors.items():
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = value
+    params = [p for group in opt.param_groups for p in group["params"]]  # sharded ones take their shard
+    state = {pid: {n: like(v, params[pid]) for n, v in st.items()} if 0 <= pid < len(params) else st
+             for pid, st in state.items()}
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def write_checkpoint(final: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def write_checkpoint(final: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | dict,
                      state: dict) -> None:
     """Write ``model.safetensors``, ``optimizer.safetensors`` and ``state.json`` (``state`` + the
-    optimiser's param groups) into a temporary folder, fsync them, then rename it to ``final``."""
+    optimiser's param groups) into a temporary folder, fsync them, then rename it to ``final``.
+    ``optimizer`` may be the optimiser or its `full_optimizer_state` (what FSDP2 ranks gather
+    together before one of them writes). Always whole tensors: a checkpoint written by sharded
+    ranks loads into one process and back (`read_checkpoint` re-shards on load)."""
     final = Path(final)
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     tmp = final.parent / f".{final.name}.tmp"

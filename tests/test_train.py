@@ -195,3 +195,68 @@ def test_a_bundle_brings_its_streams_and_heads(tokens, tmp_path):
     assert list(trainer.model.streams) == ["tok_demographics", "tok_vitals"]
     assert list(trainer.module.heads) == ["vitals-present"]
     assert all("head/vitals-present" in r for r in trainer.fit() if "loss" in r)
+
+
+def _launch(args: list[str], ranks: int) -> None:
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+                          "-m", "mmtok.cli", *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def _checkpoint(run: Path, step: int) -> tuple[dict, dict]:
+    folder = run / "checkpoints" / f"step-{step:06d}"
+    return load_file(str(folder / "model.safetensors")), load_file(str(folder / "optimizer.safetensors"))
+
+
+def _keep_only(run: Path, src: Path, step: int) -> None:
+    """``run``: ``src``'s run folder as a job killed after its step-``step`` checkpoint left it."""
+    import shutil
+
+    shutil.copytree(src, run)
+    for d in (run / "checkpoints").glob("step-*"):
+        if d.name != f"step-{step:06d}":
+            shutil.rmtree(d)
+    (run / "checkpoints" / "latest.json").unlink()
+
+
+def test_fsdp_two_ranks_match_one_process_resume_exactly_and_load_both_ways(tokens, tmp_path):
+    """``fsdp: true`` (FSDP2 ``fully_shard``, gloo) on 2 ranks: the losses and weights of one
+    process (which DDP matches, the test above) to 1e-4 / 1e-5; a run resumed from its own step-3
+    checkpoint ends bit-identical to the uninterrupted one; its checkpoint (whole tensors) resumes in
+    one process, and one process's checkpoint resumes under FSDP, both ending where one process does."""
+    config = {**CONFIG, "keep_checkpoints": 3}
+    cfg = tmp_path / "fsdp.yaml"
+    cfg.write_text(json.dumps({**config, "fsdp": True}))
+    common = ["train", "--tokens", str(tokens), "--config", str(cfg), "--quiet"]
+    single = Trainer(tokens, tmp_path / "single", TrainConfig.model_validate(config), progress=False)
+    single.fit()
+    _launch([*common, "--out", str(tmp_path / "fsdp")], ranks=2)
+    l1, lf = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
+    assert len(lf) == 6 and lf == pytest.approx(l1, rel=1e-4), (l1, lf)
+    w1, o1 = _checkpoint(tmp_path / "single", 6)
+    wf, of = _checkpoint(tmp_path / "fsdp", 6)
+    assert wf.keys() == w1.keys() and all(torch.allclose(w1[k], wf[k], atol=1e-5) for k in w1)
+    assert of.keys() == o1.keys() and all(torch.allclose(o1[k], of[k], atol=1e-5) for k in o1)
+    state = json.loads((tmp_path / "fsdp" / "checkpoints" / "step-000006" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["fsdp"] is True
+
+    # killed after step 3, resumed under FSDP: bit-identical weights and optimizer state
+    _keep_only(tmp_path / "resumed", tmp_path / "fsdp", 3)
+    _launch([*common, "--out", str(tmp_path / "resumed")], ranks=2)
+    wr, orr = _checkpoint(tmp_path / "resumed", 6)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf) and all(torch.equal(of[k], orr[k]) for k in of)
+    assert losses(tmp_path / "resumed") == lf
+
+    # sharded -> one process: the FSDP step-3 checkpoint resumes in one process
+    _keep_only(tmp_path / "to_one", tmp_path / "fsdp", 3)
+    to_one = Trainer(tokens, tmp_path / "to_one", TrainConfig.model_validate(config), progress=False)
+    assert to_one.step == 3
+    to_one.fit()
+    w, _ = _checkpoint(tmp_path / "to_one", 6)
+    assert all(torch.allclose(w1[k], w[k], atol=1e-5) for k in w1)
+    # one process -> sharded: the single run's step-3 checkpoint resumes under FSDP
+    _keep_only(tmp_path / "to_fsdp", tmp_path / "single", 3)
+    _launch([*common, "--out", str(tmp_path / "to_fsdp")], ranks=2)
+    w, _ = _checkpoint(tmp_path / "to_fsdp", 6)
+    assert all(torch.allclose(w1[k], w[k], atol=1e-5) for k in w1)
+    assert losses(tmp_path / "to_fsdp") == pytest.approx(l1, rel=1e-4)

@@ -26,10 +26,10 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmtok.distributed import init_distributed, pick_device
+from mmtok.distributed import full_tensor, init_distributed, pick_device
 from mmtok.errors import MmtokError, warn
-from mmtok.io import (DamagedFileError, OutputLock, atomic_write, checkpoint_folders, read_checkpoint, read_json,
-                      write_checkpoint)
+from mmtok.io import (DamagedFileError, OutputLock, atomic_write, checkpoint_folders, full_optimizer_state,
+                      read_checkpoint, read_json, write_checkpoint)
 from mmtok.model import MaskSampler, MultimodalMaskedTransformer
 from mmtok.plugins import PluginManager, get_plugin_manager
 from mmtok.shards import TokenShards, held_out
@@ -75,6 +75,10 @@ class Trainer:
         self.sampler = MaskSampler(self.model.layout, config.masking)
         heads = build_heads(config.heads, self.model, manager)
         self.module = TrainModule(self.model, heads).to(self.device)
+        self.fsdp = config.fsdp and self.dist.world > 1
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        if self.fsdp:  # before the optimiser, which must hold the sharded parameters
+            self._shard()
         self.head_weights = {n: h.weight for n, h in config.heads.items()}
         decay = [p for n, p in self.module.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         rest = [p for n, p in self.module.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -86,19 +90,26 @@ class Trainer:
         with self._lock():
             self._resume()
         self.wrapped = self._wrap()
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.unigram = UnigramBaseline(self.model.layout, self.specs, self.data.batch, self.train_idx)
 
     # ---------------------------------------------------------------- setup
+    def _shard(self) -> None:
+        """FSDP2: each transformer block, then the model (embeddings, norms, output layers, so that
+        `evaluate` can call it directly), then the heads at the root are their own `fully_shard`
+        unit. With bf16, parameters are gathered in bf16 and gradients reduced in fp32
+        (`MixedPrecisionPolicy`); the sharded master weights and AdamW state stay fp32."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16
+                  else MixedPrecisionPolicy())
+        for block in [*self.model.encoder, *self.model.decoder]:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(self.model, mp_policy=policy)
+        fully_shard(self.module, mp_policy=policy)
+
     def _wrap(self) -> nn.Module:
         module = self.module
-        if self.dist.world > 1 and self.config.fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            for block in [*self.model.encoder, *self.model.decoder]:
-                fully_shard(block)
-            fully_shard(module)
-        elif self.dist.world > 1:
+        if self.dist.world > 1 and not self.fsdp:
             module = nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.config.compile:
@@ -149,7 +160,7 @@ class Trainer:
         loss.backward()
         grad_norm = None
         if cfg.optim.clip_grad is not None:
-            grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.clip_grad))
+            grad_norm = float(full_tensor(nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.clip_grad)))
         self.optimizer.step()
         stats = torch.stack([out.loss_sum, out.count, out.correct]).float()
         self.dist.all_sum(stats)
@@ -183,15 +194,21 @@ class Trainer:
         totals = torch.zeros(5, n, dtype=torch.float64)  # loss, count, correct, unigram nll, unigram hits
         b = cfg.batch_size
         mine = self.val_idx[self.dist.rank::self.dist.world]
-        for k, start in enumerate(range(0, len(mine), b)):
+        # under FSDP a forward is a collective: every rank runs as many as the rank with the most
+        longest = -(-len(self.val_idx) // self.dist.world) if self.fsdp else len(mine)
+        for k, start in enumerate(range(0, longest, b)):
             if k >= cfg.eval_batches:
                 break
             idx = mine[start:start + b]
+            counted = bool(idx)  # else (FSDP only) a forward to keep in step with the others, not counted
+            idx = idx or self.val_idx[:1]
             batch = self._to(self.data.batch(idx))
             draw = self.sampler.draw(len(idx), _seed(cfg.seed + 1, start, salt=3))
             masks = self.sampler(self.model.presence(batch).cpu(), draw).to(self.device)
             with self._autocast():
                 out = self.model(batch, masks)
+            if not counted:
+                continue
             totals[:3] += torch.stack([out.loss_sum, out.count, out.correct]).double().cpu()
             nll, hits = self.unigram.scores(batch, masks)
             totals[3] += nll
@@ -214,19 +231,16 @@ class Trainer:
     def _ckpt_dir(self) -> Path:
         return self.out / "checkpoints"
 
-    def _state_dict(self) -> dict[str, torch.Tensor]:
-        if self.config.fsdp and self.dist.world > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-
     def save(self) -> Path:
-        weights = self._state_dict()
+        """Write ``checkpoints/step-N`` (whole tensors also under FSDP: every rank gathers, rank 0
+        writes), point ``latest.json`` at it and drop the oldest beyond ``keep_checkpoints``."""
+        weights = {k: full_tensor(v).detach().cpu() for k, v in self.module.state_dict().items()}
+        optimizer = full_optimizer_state(self.optimizer)
         name = f"step-{self.step:06d}"
         final = self._ckpt_dir() / name
         if self.dist.main:
-            write_checkpoint(final, weights, self.optimizer, {"step": self.step, "world_size": self.dist.world})
+            write_checkpoint(final, weights, optimizer, {"step": self.step, "world_size": self.dist.world,
+                                                         "fsdp": self.fsdp})
             atomic_write(self._ckpt_dir() / "latest.json",
                          lambda p: p.write_text(json.dumps({"checkpoint": name, "step": self.step})))
             old = sorted(d for d in self._ckpt_dir().glob("step-*") if d.name != name)
