@@ -184,7 +184,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     summary = encode_manifest(args.manifest, args.out, registry_path=registry,
                               batch_size=args.batch_size, workers=args.workers, on_error=args.on_error,
                               resume=args.resume, overwrite=args.overwrite, shard_size=args.shard_size,
-                              streams=args.stream,
+                              streams=args.stream, device=args.device,
                               allow_absolute=args.allow_absolute, progress=not args.quiet)
     if summary is None:  # a non-zero rank under torchrun
         return 0
@@ -543,6 +543,8 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="samples per codec call")
     p.add_argument("--shard-size", type=int, default=1024, help="samples per shard")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading files")
+    p.add_argument("--device", default=None,
+                   help="where the codecs run: cpu (default), cuda (under torchrun each rank's own GPU), cuda:1, ...")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="a sample that cannot be read or encoded: stop with its problems, or skip it and list it")
     p.add_argument("--resume", action="store_true",

@@ -216,3 +216,22 @@ def test_columns_from_record_names_the_sample_and_the_column():
         Vitals.from_record({"values": [1.0, 2.0, 3.0]}, sample_id="p4")
     with pytest.raises(ModalityError, match=r"sample 'p5': Vitals.values: expected finite"):
         Vitals.from_record({"bp": float("nan"), "heart_rate": 70.0}, sample_id="p5")
+
+
+def test_from_records_equals_from_record_then_collate():
+    """The batched build `mmtok encode` uses gives what building each sample and collating gives,
+    for the stacking fast path ("data" and field-named records) and the per-record fallback."""
+    import numpy as np
+
+    from mmtok.modalities import Image
+
+    rng = np.random.default_rng(0)
+    for records in ([{"data": rng.random((1, 4, 4), dtype=np.float32)} for _ in range(5)],
+                    [{"flux": rng.random((1, 4, 4)).astype(np.float64)} for _ in range(3)],
+                    [{"data": rng.random((1, 4, 4), dtype=np.float32)}, {"flux": rng.random((1, 4, 4))}]):
+        want = Image.collate([Image.from_record(r) for r in records])
+        got = Image.from_records(records)
+        assert got.flux.dtype == want.flux.dtype and torch.equal(got.flux, want.flux)
+    bad = [{"data": np.ones((1, 4, 4), np.float32)}, {"data": np.full((1, 4, 4), np.nan, np.float32)}]
+    with pytest.raises(ModalityError):  # the checks run on the stacked batch
+        Image.from_records(bad)
