@@ -101,7 +101,7 @@ def _manifest(path: Path, names: list[str], copies: int) -> None:
     path.write_text(json.dumps({"version": 1, "samples": samples}))
 
 
-def build_corpus(root: Path, images: torch.Tensor, steps: dict[str, int]) -> dict:
+def build_corpus(root: Path, images: torch.Tensor, steps: dict[str, int], copies: int = 10) -> dict:
     """Files, manifests, fitted codecs and registries under ``root``."""
     (root / "data").mkdir(parents=True)
     names = [f"xray{i:04d}" for i in range(len(images))]
@@ -109,14 +109,16 @@ def build_corpus(root: Path, images: torch.Tensor, steps: dict[str, int]) -> dic
         np.save(root / "data" / f"{name}.npy", x.numpy())
     _manifest(root / "manifest.json", names, 1)
     _manifest(root / "manifest_10x.json", names, 10)
+    _manifest(root / "manifest_timed.json", names, copies)
     _manifest(root / "manifest_1.json", names[:1], 1)
     info = {"names": names, "codecs": {}}
-    train = Image(flux=images[:600])
+    n_train = max(1, min(600, len(images) - 1))
+    train = Image(flux=images[:n_train])
     for key, cfg in CODECS.items():
         torch.manual_seed(0)
         codec = mmtok.get_plugin_manager().build_codec("image-patch", cfg)
         t0 = time.perf_counter()
-        report = mmtok.fit_codec(codec, train, val=Image(flux=images[600:]), steps=steps[key],
+        report = mmtok.fit_codec(codec, train, val=Image(flux=images[n_train:]), steps=steps[key],
                                  batch_size=BATCH, progress=False)
         fit_s = time.perf_counter() - t0
         codec.save_pretrained(root / "codecs" / key)
@@ -214,8 +216,9 @@ class EndToEnd:
 
     calls = itertools.count()
 
-    def __init__(self, root: Path, manifest: Path, registry: Path, workers: int):
+    def __init__(self, root: Path, manifest: Path, registry: Path, workers: int, device: str = "cpu"):
         self.root, self.manifest, self.registry, self.workers = root, manifest, registry, workers
+        self.device = device
         self.out = None
 
     def prepare(self) -> None:
@@ -226,30 +229,32 @@ class EndToEnd:
     def __call__(self):
         return encode_manifest(self.manifest, self.out, registry_path=self.registry,
                                batch_size=BATCH, shard_size=SHARD, workers=self.workers,
-                               progress=False)
+                               progress=False, device=self.device)
 
     def ids(self) -> torch.Tensor:
         shards = TokenShards(self.out)
         return torch.cat([shards.stream(sid, STREAM).ids for sid in shards.sample_ids])
 
 
-def bare_encoder(codec: Codec, images: torch.Tensor):
+def bare_encoder(codec: Codec, images: torch.Tensor, device: str = "cpu"):
+    """The codec alone on batches already collated in memory (moved to ``device`` per call, like
+    the end-to-end path moves each batch; ids back on the CPU)."""
     batches = [Image(flux=images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
 
     def run() -> torch.Tensor:
         with torch.inference_mode():
-            return torch.cat([codec.encode(b).ids for b in batches])
+            return torch.cat([codec.encode(b if device == "cpu" else b.to(device)).ids.cpu() for b in batches])
     return run
 
 
-def naive_loop(codec: Codec, files: list[Path], out: Path):
+def naive_loop(codec: Codec, files: list[Path], out: Path, device: str = "cpu"):
     """The seed's style: one file, one tensor, one batch-of-one encode at a time."""
     def run() -> torch.Tensor:
         ids = []
         for f in files:
             a = np.load(f, allow_pickle=False)
-            m = Image(flux=torch.from_numpy(a).unsqueeze(0))
-            ids.append(codec.encode(m).ids)
+            m = Image(flux=torch.from_numpy(a).unsqueeze(0).to(device))
+            ids.append(codec.encode(m).ids.cpu())
         all_ids = torch.cat(ids)
         save_file({f"{STREAM}/ids": all_ids.to(torch.int32)}, str(out))
         return all_ids
@@ -260,34 +265,37 @@ def encode_flops(codec: Codec, images: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        codec.encode(Image(flux=images[:BATCH]))
+        codec.encode(Image(flux=images[:BATCH].to(next(codec.parameters()).device)))
     return counter.get_total_flops() / BATCH
 
 
 def bench_codec(root: Path, info: dict, key: str, images: torch.Tensor, workers: int,
-                repeats: int, naive_n: int) -> dict:
+                repeats: int, naive_n: int, copies: int = 10, device: str = "cpu") -> dict:
     cinfo = info["codecs"][key]
     registry = cinfo["registry"]
-    codec = get_plugin_manager().load_codec(root / "codecs" / key).eval()
+    codec = get_plugin_manager().load_codec(root / "codecs" / key).eval().to(device)
     files = [root / "data" / f"{n}.npy" for n in info["names"]]
-    manifest = root / "manifest.json"
-    e2e = {w: EndToEnd(root, manifest, registry, w) for w in dict.fromkeys([0, workers])}
-    bare = bare_encoder(codec, images)
-    naive = naive_loop(codec, files[:naive_n], root / f"naive_{key}.safetensors")
+    manifest = root / "manifest_timed.json"
+    timed = images.repeat(copies, 1, 1, 1)  # what the timed manifest lists, in its order
+    e2e = {w: EndToEnd(root, manifest, registry, w, device) for w in dict.fromkeys([0, workers])}
+    bare = bare_encoder(codec, timed, device)
+    naive = naive_loop(codec, files[:naive_n], root / f"naive_{key}.safetensors", device)
 
     # correctness first: same tokens on every path
     want = bare()
     for w, run in e2e.items():
         run.prepare()
         run()
-        if not torch.equal(run.ids(), want):
+        differ = int((run.ids() != want).sum())
+        if differ and device == "cpu":
             raise SystemExit(f"{key}: encode_manifest (workers {w}) ids differ from codec.encode")
+        e2e_mismatch = differ  # on a GPU, kernels may round differently between calls
     naive_ids = naive()
     naive_diff = int((naive_ids != want[:naive_n]).sum())
 
-    one = EndToEnd(root, root / "manifest_1.json", registry, 0)  # the fixed cost of a call
-    contenders = {f"e2e_w{w}": (run, run.prepare, len(images)) for w, run in e2e.items()}
-    contenders["bare"] = (bare, None, len(images))
+    one = EndToEnd(root, root / "manifest_1.json", registry, 0, device)  # the fixed cost of a call
+    contenders = {f"e2e_w{w}": (run, run.prepare, len(timed)) for w, run in e2e.items()}
+    contenders["bare"] = (bare, None, len(timed))
     contenders["naive"] = (naive, None, naive_n)
     contenders["e2e_w0_1sample"] = (one, one.prepare, 1)
     res = Rounds(repeats).compare(contenders)
@@ -297,8 +305,8 @@ def bench_codec(root: Path, info: dict, key: str, images: torch.Tensor, workers:
     row = {"codec": key, "config": cinfo["config"], "fit_steps": cinfo["fit_steps"],
            "fit_s": cinfo["fit_s"], "held_out_nrmse": cinfo["held_out_nrmse"],
            "num_tokens": cinfo["num_tokens"], "vocab_size": cinfo["vocab_size"],
-           "encode_flops_per_sample": encode_flops(codec, images),
-           "naive_samples": naive_n, "naive_token_mismatches": naive_diff,
+           "encode_flops_per_sample": encode_flops(codec, images), "timed_samples": len(timed),
+           "naive_samples": naive_n, "naive_token_mismatches": naive_diff, "e2e_token_mismatches": e2e_mismatch,
            "timings": res, "workers": list(e2e), "ratios": {}}
     for w in e2e:
         sps = res[f"e2e_w{w}"]["samples_per_s"]
@@ -309,7 +317,7 @@ def bench_codec(root: Path, info: dict, key: str, images: torch.Tensor, workers:
     # fixed cost of one call (setup, checkpoint load, run.json, shard write, merge), measured on
     # a one-sample manifest; without it, the per-sample rate a long manifest tends to
     fixed = res["e2e_w0_1sample"]["median_s"]
-    per_sample = (res["e2e_w0"]["median_s"] - fixed) / len(images)
+    per_sample = (res["e2e_w0"]["median_s"] - fixed) / len(timed)
     row["fixed_s_per_call"] = fixed
     row["ratios"]["e2e_w0_large_n_over_bare"] = 1 / per_sample / bare_sps if per_sample > 0 else None
     row["ratios"]["overhead_w0_large_n_us_per_sample"] = 1e6 * (per_sample - 1 / bare_sps)
@@ -435,8 +443,10 @@ def _ratio_cell(value, target) -> str:
 def markdown(res: dict) -> str:
     env = res["env"]
     lines = [(f"mmtok {env['mmtok']}, torch {env['torch']}, {env['cpu']}, {env['cpus']} CPUs, "
-              f"{env['threads']} torch threads, {'quick' if env['quick'] else 'full'} run "
+              f"{env['threads']} torch threads, codecs on {env.get('device', 'cpu')} "
+              f"({env.get('device_name', '')}), {'quick' if env['quick'] else 'full'} run "
               f"({env['repeats']} rounds), {env['samples']} PneumoniaMNIST X-rays (1, 28, 28) as .npy, "
+              f"timed manifest: each listed {env.get('copies', 1)}x ({env.get('copies', 1) * env['samples']} samples), "
               f"batch {BATCH}, shard {SHARD}; codecs fitted for "
               + ", ".join(f"{r['fit_steps']} steps ({r['codec']})" for r in res["codecs"])),
              "",
@@ -533,30 +543,40 @@ def main(argv=None) -> dict:
     p.add_argument("--profile", action="store_true",
                    help="cProfile one encode_manifest per codec; print top entries and stages")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--device", default="cpu", help="where the codec runs (cpu, cuda): bare, naive and end-to-end")
+    p.add_argument("--copies", type=int, default=10,
+                   help="the timed manifest lists every file this many times with distinct ids (default 10: "
+                        "8,000 samples, so the ~30 ms fixed cost of a call weighs as little as in a real run)")
+    p.add_argument("--samples", type=int, default=800, help="use the first N of the 800 X-rays (a smoke test)")
     args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
     if args.workers < 0:
         p.error("--workers must be >= 0")
 
     t_start = time.perf_counter()
     repeats = 3 if args.quick else 7
     steps = {"default": 50, "heavy": 10 if args.quick else 50}
-    images = _xrays()
+    images = _xrays()[:args.samples]
     res = {"env": {
         "mmtok": mmtok.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "cpu": _cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
         "quick": args.quick, "workers": args.workers, "repeats": repeats, "samples": len(images),
+        "copies": args.copies, "device": args.device,
+        "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else _cpu_name(),
         "batch_size": BATCH, "shard_size": SHARD}}
     mark = LOAD.read()
     with tempfile.TemporaryDirectory(prefix="bench_encode_") as tmp:
         root = Path(tmp)
         print(f"fitting codecs ({steps} steps) and writing {len(images)} .npy files ...", flush=True)
-        info = build_corpus(root, images, steps)
+        info = build_corpus(root, images, steps, args.copies)
         res["codecs"] = []
         for i, key in enumerate(CODECS, start=1):
             print(f"{i}/{len(CODECS) + 1} {key} codec: encode_manifest vs bare codec vs naive loop ...",
                   flush=True)
-            naive_n = len(images) if not args.quick else (400 if key == "default" else 160)
-            res["codecs"].append(bench_codec(root, info, key, images, args.workers, repeats, naive_n))
+            naive_n = min(len(images), len(images) if not args.quick else (400 if key == "default" else 160))
+            res["codecs"].append(bench_codec(root, info, key, images, args.workers, repeats, naive_n,
+                                             args.copies, args.device))
         if not args.no_memory:
             print(f"{len(CODECS) + 1}/{len(CODECS) + 1} peak RSS of `mmtok encode`, 1x vs 10x manifest ...",
                   flush=True)

@@ -59,7 +59,9 @@ contenders' blocks interleaved with the order reversed every other block, median
 each block starts and ends with ``torch.cuda.synchronize()``. CPU time used by other processes
 during each block is recorded (``/proc/stat``) and timings taken under such load are flagged
 with ⚠. Torch's thread count is left at its default. ``--compile`` wraps both models' forward in
-``torch.compile`` (the FLOPs are still counted on the eager modules).
+``torch.compile`` as extra contenders on the same modules and optimisers (eager and compiled rows
+in one run, their ratio reported; FLOPs counted on the eager modules). On CUDA MFU is also given
+against the data-sheet dense bf16 peak of the device (`BF16_DENSE_PEAK`).
 """
 
 import argparse
@@ -96,6 +98,20 @@ from mmtok.model import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_codec import _cpu_name  # one CPU-name helper for all benchmarks
 from bench_encode import ForeignLoad  # CPU time of other processes, from /proc/stat
+
+#: dense (no sparsity) bf16 tensor-core peak, FLOP/s, from the vendors' data sheets; matched as a
+#: substring of torch.cuda.get_device_name(), first match wins (so "H100 PCIe" before "H100")
+BF16_DENSE_PEAK = [("GB200", 2.5e15), ("B200", 2.25e15), ("H200", 989e12), ("GH200", 989e12),
+                   ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H800", 989e12),
+                   ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+                   ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12), ("RTX 6000 Ada", 364e12),
+                   ("A6000", 155e12), ("RTX 3090", 71e12)]
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    """The dense bf16 peak of ``device_name`` from `BF16_DENSE_PEAK`, or None if not listed."""
+    return next((v for k, v in BF16_DENSE_PEAK if k in device_name), None)
+
 
 TARGETS = {"mfu": 0.35, "ours_over_aion": 0.8}  # MFU >= 0.35; ours at least 1.25x faster than AION
 AION_INSTALL = ("`pip install polymathic-aion` (it pulls einops, huggingface_hub, jaxtyping, numpy, scipy and "
@@ -147,6 +163,12 @@ class TrainStep:
             loss.backward()
         self.opt.step()
 
+    def compiled(self) -> "TrainStep":
+        """The same module and optimiser, forward through ``torch.compile`` (inductor)."""
+        twin = TrainStep(f"{self.name} compiled", self.module, self.opt, self.loss_fn,
+                         "cuda" if self.cuda else "cpu", compile=True)
+        return twin
+
     def count_flops(self) -> int:
         """FLOPs of forward + backward, counted on the eager module during one real step."""
         counter = FlopCounterMode(display=False, custom_mapping=_flop_mapping())
@@ -183,7 +205,7 @@ def make_ours(args, streams, batch, device):
     sampler = MaskSampler(model.layout, MaskingConfig(input_budget=args.k_in, target_budget=args.k_tgt))
     masks = sampler(model.presence(batch).cpu(), sampler.draw(args.batch, 0)).to(device)
     step = TrainStep("mmtok", model, _adamw(model.named_parameters()),
-                     lambda m: m(batch, masks).loss, device, args.compile)
+                     lambda m: m(batch, masks).loss, device, False)
     return step, model, masks
 
 
@@ -246,7 +268,7 @@ def make_aion(args, streams, mod_dict, device):
         # the embeddings write into the per-modality dicts: give them fresh ones
         return m({k: dict(d) for k, d in mod_dict.items()}, k_in, k_tgt, loss_type="mod")[0]
     step = TrainStep(f"AION 4M ({args.aion_arch})", model, _adamw(model.named_parameters()), loss, device,
-                     args.compile)
+                     False)
     return step, model
 
 
@@ -354,17 +376,22 @@ def markdown(res: dict) -> str:
               f"K_in {cfg['k_in']}, K_tgt {cfg['k_tgt']} ({cfg['tokens_per_step']:,} tokens per step)."),
              "",
              ("| contender | params | GFLOP / step (fwd+bwd) | step ms | IQR | tokens/s | achieved GFLOP/s | "
-              f"MFU ({peak['dtype']}) |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              f"MFU ({peak['dtype']}, measured peak) | MFU (data-sheet peak) |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["contenders"]:
+        sheet = f"{r['mfu_datasheet']:.3f}" if r.get("mfu_datasheet") else "n/a"
         lines.append(f"| {r['name']} | {r['params'] / 1e6:.1f} M | {r['flops'] / 1e9:.1f} | "
                      f"{1e3 * r['timing']['median_s']:.0f} | {_spread(r['timing'])} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['achieved_flops_per_s'] / 1e9:.1f} | {r['mfu']:.3f} |")
+                     f"{r['tokens_per_s']:,.0f} | {r['achieved_flops_per_s'] / 1e9:.1f} | {r['mfu']:.3f} | {sheet} |")
     lines += ["", "| reference | value |", "|---|---:|"]
     for s in peak["sizes"]:
         lines.append(f"| {peak['dtype']} matmul {s['size']}x{s['size']} (median of {s['repeats']}) | "
                      f"{s['flops_per_s'] / 1e9:,.1f} GFLOP/s |")
     lines.append(f"| **peak used for MFU** | **{peak['peak_flops_per_s'] / 1e9:,.1f} GFLOP/s** |")
+    if "datasheet_flops_per_s" in peak:
+        v = peak["datasheet_flops_per_s"]
+        lines.append(f"| data-sheet dense bf16 peak of {env['device_name']} | "
+                     + (f"{v / 1e9:,.0f} GFLOP/s |" if v else "not in the table (BF16_DENSE_PEAK) |"))
     ours = res["contenders"][0]
     lines += ["", "| ratio | target | value |", "|---|---:|---:|",
               (f"| mmtok MFU ({peak['dtype']}) | ≥ {TARGETS['mfu']} | "
@@ -377,9 +404,15 @@ def markdown(res: dict) -> str:
                      f"{_ok(v, TARGETS['ours_over_aion'], higher=False)}) |")
         lines.append(f"| FLOPs per step mmtok / AION 4M | | {cmp['flops_ours_over_aion']:.2f} |")
         lines.append(f"| MFU mmtok / AION 4M | | {cmp['mfu_ours_over_aion']:.2f} |")
+        if "compiled_ours_over_aion" in cmp:
+            v = cmp["compiled_ours_over_aion"]
+            lines.append(f"| step time mmtok / AION 4M, both compiled | | {v:.2f} ({1 / v:.2f}x faster) |")
     else:
         lines.append(f"| step time mmtok / AION 4M | ≤ {TARGETS['ours_over_aion']} | skipped |")
         lines += ["", f"AION comparison skipped ({res['aion_error']}). Install it with: {AION_INSTALL}"]
+    for i, (name, v) in enumerate(res.get("compile", {}).items()):
+        lines.insert(lines.index("| ratio | target | value |") + 2 + i,
+                     f"| step time compiled / eager, {name} | | {v:.2f} ({1 / v:.2f}x) |")
     if any((r["timing"].get("foreign_share") or 0) > NOISY for r in res["contenders"]):
         lines += ["", (f"⚠ = other processes used > {100 * NOISY:.0f}% of a CPU during these blocks: "
                        "rerun on a quiet machine.")]
@@ -391,7 +424,8 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true",
                    help="2 warm-up steps (the first counts FLOPs) and 3 blocks per contender (full: 3 and 9)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--compile", action="store_true", help="torch.compile both models' forward")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each model through torch.compile (eager and compiled rows, same run)")
     p.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler one step of each contender; print the top ops by self time")
@@ -437,34 +471,54 @@ def main(argv=None) -> dict:
     if have_aion:
         aion, _ = make_aion(args, streams, aion_mod_dict(model, batch, masks), args.device)
         steps.append(aion)
+    eager = len(steps)
+    if args.compile:  # each model also through torch.compile, timed in the same interleaved blocks
+        steps += [s.compiled() for s in steps]
 
-    print(f"1/2 counting FLOPs ({', '.join(s.name for s in steps)}) in a first, warm-up step ...", flush=True)
+    print(f"1/2 counting FLOPs ({', '.join(s.name for s in steps[:eager])}) in a first, warm-up step ...",
+          flush=True)
     flops, warm = [], []
-    for s in steps:
+    for s in steps[:eager]:
         t0 = time.perf_counter()
         flops.append(s.count_flops())
         warm.append(time.perf_counter() - t0)
+    flops += flops[:eager] * (len(steps) // eager - 1)  # the compiled twins do the same arithmetic
+    warm += [None] * (len(steps) - eager)
     sizes = (4096, 8192) if args.device == "cuda" else (2048, 3072)
     print(f"2/2 timing training steps and the matmul peak, interleaved ({t.warmup} warm-up incl. that one, "
           f"{t.repeats} blocks each) ...", flush=True)
     timings = t.compare(*steps, *peak_fns(args.device, sizes), warm=warm + [None] * len(sizes))
     res["peak"] = peak_result(args.device, sizes, timings[len(steps):])
+    if args.device == "cuda":
+        res["peak"]["datasheet_flops_per_s"] = datasheet_peak(res["env"]["device_name"])
     peak = res["peak"]["peak_flops_per_s"]
+    sheet = res["peak"].get("datasheet_flops_per_s")
     res["contenders"] = []
     for s, f, tm in zip(steps, flops, timings):
         achieved = f / tm["median_s"]
         res["contenders"].append({"name": s.name, "params": s.params, "flops": f, "timing": tm,
+                                  "compiled": s.run_module is not s.module,
                                   "tokens_per_s": res["config"]["tokens_per_step"] / tm["median_s"],
-                                  "achieved_flops_per_s": achieved, "mfu": achieved / peak})
+                                  "achieved_flops_per_s": achieved, "mfu": achieved / peak,
+                                  "mfu_datasheet": achieved / sheet if sheet else None})
+    c = res["contenders"]
     if have_aion:
-        a, b = res["contenders"]
+        a, b = c[0], c[1]
         res["comparison"] = {"ours_over_aion": a["timing"]["median_s"] / b["timing"]["median_s"],
                              "flops_ours_over_aion": a["flops"] / b["flops"],
                              "mfu_ours_over_aion": a["mfu"] / b["mfu"]}
+        if args.compile:
+            res["comparison"]["compiled_ours_over_aion"] = c[2]["timing"]["median_s"] / c[3]["timing"]["median_s"]
+    if args.compile:  # compiled step time / eager step time, per model (< 1: compile helps)
+        res["compile"] = {c[i]["name"]: c[i + eager]["timing"]["median_s"] / c[i]["timing"]["median_s"]
+                          for i in range(eager)}
     if args.profile:
         res["profile"] = {s.name: profile_step(s, args.device) for s in steps}
     res["env"]["wall_s"] = round(time.perf_counter() - t_start, 1)
     res["env"]["foreign_cpu_share"] = LOAD.since(mark) / res["env"]["wall_s"] if LOAD.ok else None
+    if args.json:  # first, so a report bug never loses a run
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
     print()
     print(markdown(res))
     for name, table in res.get("profile", {}).items():
