@@ -101,8 +101,9 @@ def _manifest(path: Path, names: list[str], copies: int) -> None:
     path.write_text(json.dumps({"version": 1, "samples": samples}))
 
 
-def build_corpus(root: Path, images: torch.Tensor, steps: dict[str, int], copies: int = 10) -> dict:
-    """Files, manifests, fitted codecs and registries under ``root``."""
+def build_corpus(root: Path, images: torch.Tensor, steps: dict[str, int], copies: int = 10,
+                 keys: list[str] | None = None) -> dict:
+    """Files, manifests, fitted codecs (``keys`` of `CODECS`, default all) and registries under ``root``."""
     (root / "data").mkdir(parents=True)
     names = [f"xray{i:04d}" for i in range(len(images))]
     for name, x in zip(names, images):
@@ -114,7 +115,8 @@ def build_corpus(root: Path, images: torch.Tensor, steps: dict[str, int], copies
     info = {"names": names, "codecs": {}}
     n_train = max(1, min(600, len(images) - 1))
     train = Image(flux=images[:n_train])
-    for key, cfg in CODECS.items():
+    for key in keys or list(CODECS):
+        cfg = CODECS[key]
         torch.manual_seed(0)
         codec = mmtok.get_plugin_manager().build_codec("image-patch", cfg)
         t0 = time.perf_counter()
@@ -547,6 +549,8 @@ def main(argv=None) -> dict:
     p.add_argument("--copies", type=int, default=10,
                    help="the timed manifest lists every file this many times with distinct ids (default 10: "
                         "8,000 samples, so the ~30 ms fixed cost of a call weighs as little as in a real run)")
+    p.add_argument("--codecs", nargs="+", choices=list(CODECS), default=list(CODECS),
+                   help="which codecs to measure (default: both)")
     p.add_argument("--samples", type=int, default=800, help="use the first N of the 800 X-rays (a smoke test)")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -569,20 +573,20 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_encode_") as tmp:
         root = Path(tmp)
         print(f"fitting codecs ({steps} steps) and writing {len(images)} .npy files ...", flush=True)
-        info = build_corpus(root, images, steps, args.copies)
+        info = build_corpus(root, images, steps, args.copies, args.codecs)
         res["codecs"] = []
-        for i, key in enumerate(CODECS, start=1):
-            print(f"{i}/{len(CODECS) + 1} {key} codec: encode_manifest vs bare codec vs naive loop ...",
+        for i, key in enumerate(args.codecs, start=1):
+            print(f"{i}/{len(args.codecs) + 1} {key} codec: encode_manifest vs bare codec vs naive loop ...",
                   flush=True)
             naive_n = min(len(images), len(images) if not args.quick else (400 if key == "default" else 160))
             res["codecs"].append(bench_codec(root, info, key, images, args.workers, repeats, naive_n,
                                              args.copies, args.device))
         if not args.no_memory:
-            print(f"{len(CODECS) + 1}/{len(CODECS) + 1} peak RSS of `mmtok encode`, 1x vs 10x manifest ...",
+            print(f"{len(args.codecs) + 1}/{len(args.codecs) + 1} peak RSS of `mmtok encode`, 1x vs 10x manifest ...",
                   flush=True)
             res["memory"] = bench_memory(root, info)
         if args.profile:
-            res["profile"] = [profile_e2e(root, info, key) for key in CODECS]
+            res["profile"] = [profile_e2e(root, info, key) for key in args.codecs]
             if args.workers:
                 res["profile"].append(profile_e2e(root, info, "default", args.workers))
     res["env"]["wall_s"] = round(time.perf_counter() - t_start, 1)

@@ -88,7 +88,7 @@ step device_tests "$L_TESTS" - "$OUT/device_tests.xml" -- env MMTOK_TEST_DEVICE=
 if [ "$DRY" = 1 ]; then
   TRAIN=(--device cpu --quick --no-aion --d-model 64 --heads 4 --encoder-depth 1 --decoder-depth 1 --batch 4
          --tokens 16 --k-in 16 --k-tgt 8 --vocab 64)
-  ENCODE=(--quick --no-memory --workers 0 --samples 128 --copies 2 --device cpu)
+  ENCODE=(--quick --no-memory --workers 0 --samples 128 --copies 2 --codecs default --device cpu)
   CT=(--device cpu --quick --dtype bf16 --grid 2 4 4 --dim 32 --heads 2 --batch 1 --max-slice-distance 2)
   NIR=(--device cpu --quick --no-mambapy --tokens 128 --no-pretrain --dim 32 --heads 2 --batch 1)
 else
