@@ -241,7 +241,7 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
     checked = {m for spec in manager.sample_checks() for m in spec.modalities}
     build = _Builder(manifest, manager)
     current, pending = None, []
-    for n, ((_, _, sample), (shard, row, sid, records, problems)) in enumerate(
+    for n, ((_, _, sample), (shard, _, sid, records, problems)) in enumerate(
             zip(items, _read_in_order(reader, workers)), 1):
         loaded = None
         if checked & records.keys() and not problems:
@@ -255,7 +255,7 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
             _encode_shard(current, pending, codecs, by_modality, shard_dir, batch_size, on_error, build, device)
             pending = []
         current = shard
-        pending.append(_Pending(row, sample, records, loaded, problems))
+        pending.append(_Pending(sample, records, loaded, problems))
         if n % 64 == 0:
             bar.update(64)
     bar.update(len(items) % 64)
@@ -333,7 +333,6 @@ class _Pending:
     """One sample of a shard being encoded: its reader records, its modalities when they had to be
     built one by one (a cross-sample check uses them), and its problems so far."""
 
-    row: int
     sample: SampleEntry
     records: dict
     loaded: dict | None

@@ -262,7 +262,7 @@ def test_fit_codec_cli_writes_a_checkpoint_the_registry_can_use(tmp_path):
 
 
 def test_symlinks_cannot_escape_the_manifest_folder(tmp_path):
-    (tmp_path / "outside.npy").write_bytes(b"")
+    np.save(tmp_path / "outside.npy", np.ones(3, np.float32))  # readable: only the path check refuses it
     root = tmp_path / "m"
     (root / "data").mkdir(parents=True)
     (root / "data" / "link.npy").symlink_to(tmp_path / "outside.npy")
