@@ -33,7 +33,9 @@ Data files must be regular files (a FIFO or a device is refused, never opened); 
 every reader arrive in the machine's byte order.
 """
 
+import contextlib
 import dataclasses
+import gc
 import inspect
 import json
 import os
@@ -99,6 +101,21 @@ def summarize(problems: Iterable[ManifestProblem]) -> list[str]:
         shown = ", ".join(repr(s) for s in named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
         lines.append(", ".join(p for p in (f"{len(named)} samples ({shown})", key) if p) + f": {reason}")
     return lines
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No automatic garbage collection inside (parsing allocates only acyclic objects)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+_NPY_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def _not_regular(st: os.stat_result) -> str | None:
@@ -203,6 +220,7 @@ class Manifest:
         self.allow_absolute = allow_absolute
         self._table_cache: dict[str, tuple[dict, dict | None]] = {}
         self._dirs: dict[str, tuple[str, bool]] = {}  # folder as written -> (resolved, inside root)
+        self._npy_tails: dict[tuple, bool] = {}  # (manager, ".npy") -> read by read_npy
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -235,8 +253,14 @@ class Manifest:
         except RecursionError:
             raise ManifestError(f"{path}: JSON nested too deeply to check; a manifest needs only a few "
                                 "levels") from None
+        with _gc_paused():  # a collection mid-parse re-walks every entry parsed so far (3-4x slower)
+            samples, problems = cls._entries(top.samples)
+        return cls(path, top, samples, problems, allow_absolute=allow_absolute)
+
+    @staticmethod
+    def _entries(raws: list) -> tuple[list["SampleEntry"], list[ManifestProblem]]:
         samples, problems = [], []
-        for i, raw in enumerate(top.samples):
+        for i, raw in enumerate(raws):
             sid = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
             label = sid or f"#{i}"
             if isinstance(raw, dict) and raw.get("modalities") in ({}, [], None) and "modalities" in raw:
@@ -250,7 +274,7 @@ class Manifest:
                 for loc, msg in _pydantic_reason(err):
                     key = loc.removeprefix("modalities.") if loc else None
                     problems.append(ManifestProblem(label, key or None, msg))
-        return cls(path, top, samples, problems, allow_absolute=allow_absolute)
+        return samples, problems
 
     @property
     def ids(self) -> list[str]:
@@ -377,11 +401,11 @@ class Manifest:
                 index = entry.row
             record = {c: v[index] for c, v in columns.items()}
         else:
+            if entry.reader is None and not entry.options:
+                data = self._npy_fast(entry.path, manager)
+                if data is not None:
+                    return self._mapped(sample, key, entry, {"data": data}) if entry.fields else {"data": data}
             reader = self._reader(entry.path, entry.reader, sample=sample.id, key=key, manager=manager)
-            if reader.read is read_npy and not entry.options:
-                record = self._npy_fast(entry.path)
-                if record is not None:
-                    return self._mapped(sample, key, entry, record)
             full = self.resolve(entry.path, sample=sample.id, key=key, directory=reader.directory)
             record = self._read(full, entry.path, sample=sample.id, key=key, manager=manager, reader=reader,
                                 options=entry.options)
@@ -396,28 +420,40 @@ class Manifest:
             record = {field: record[src] for field, src in entry.fields.items()}
         return record
 
-    def _npy_fast(self, rel: str) -> dict | None:
-        """A plain ``.npy`` entry read with one open, fstat and read (no symlink, a regular file,
+    def _npy_fast(self, rel: str, manager) -> np.ndarray | None:
+        """A plain ``.npy`` file read with one open, fstat and read (no symlink, a regular file,
         inside the root: `resolve`'s checks, done on the open file), as ``read_npy`` gives it;
-        None when anything is unusual, and the general path then reads it or says what is wrong.
-        Per-sample work is what caps a light codec's speed in `mmtok encode`."""
-        head, name = os.path.split(rel)
-        cached = self._dirs.get(head)
-        if cached is None or not cached[1] or os.path.isabs(rel) or name in ("..", ".", "") or "\x00" in rel:
+        None when anything is unusual or the file is not read by ``read_npy``, and the general path
+        then reads it or says what is wrong. Per-sample work is what caps a light codec's speed in
+        `mmtok encode`, so this is plain string operations on folders `resolve` has checked."""
+        cut = rel.rfind(os.sep)
+        cached = self._dirs.get(rel[:cut] if cut > 0 else ("" if cut < 0 else rel[:1]))
+        if cached is None or not cached[1]:
+            return None
+        name = rel[cut + 1:]
+        tail = name[name.find("."):].lower() if "." in name else ""
+        npy = self._npy_tails.get((manager, tail))
+        if npy is None:  # the reader for this suffix, looked up once (errors: the general path)
+            try:
+                npy = self._npy_tails[(manager, tail)] = manager.reader_for(name).read is read_npy
+            except MmtokError:
+                return None
+        if not npy or name in ("..", ".") or rel[:1] == os.sep or "\x00" in rel:
             return None
         try:
-            fd = os.open(os.path.join(cached[0], name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(f"{cached[0]}{os.sep}{name}", _NPY_FLAGS)
         except OSError:  # missing, a symlink (ELOOP), ...: the general path says which
             return None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            if st.st_mode & 0o170000 != stat.S_IFREG:
                 return None
-            return _native({"data": npy_from_fd(fd, st.st_size)})
+            data = npy_from_fd(fd, st.st_size)
         except ValueError:
             return None  # the general path reports it with the file's name
         finally:
             os.close(fd)
+        return data if data.dtype.isnative else data.astype(data.dtype.newbyteorder("="))
 
     def load_modality(self, sample: SampleEntry, key: str, manager) -> Modality:
         """One modality of one sample, as a batch of one. Raises `SampleError`."""
