@@ -58,6 +58,18 @@ def test_non_finite_values_are_rejected():
         Cube(flux=flux, labels=torch.zeros(2, 4, 6, dtype=torch.long))
 
 
+def test_finite_values_whose_sum_overflows_are_accepted_and_nan_among_them_is_not():
+    # the check sums first: a sum that overflows (all finite) must fall back to the element check
+    flux = torch.full((2, 5, 4, 6), 3e38)
+    labels = torch.zeros(2, 4, 6, dtype=torch.long)
+    assert torch.isinf(flux.sum())
+    Cube(flux=flux, labels=labels)
+    Cube(flux=flux.half().clamp(max=6e4), labels=labels)  # a float16 sum overflows at 65504
+    flux[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ModalityError, match="1 NaN/inf"):
+        Cube(flux=flux, labels=labels)
+
+
 def test_numpy_instead_of_tensor_is_explained():
     with pytest.raises(ModalityError, match="numpy"):
         Cube(flux=np.zeros((2, 5, 4, 6), np.float32), labels=torch.zeros(2, 4, 6, dtype=torch.long))
