@@ -253,7 +253,7 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
     for n, ((_, _, sample), (shard, _, sid, records, problems)) in enumerate(
             zip(items, _read_in_order(reader, workers)), 1):
         loaded = None
-        if checked & records.keys() and not problems:
+        if checked and checked & records.keys() and not problems:
             loaded = build.one(sample, records, problems)
             if not problems:
                 problems.extend(manifest.check_sample(sid, loaded, manager))
@@ -409,7 +409,7 @@ def _collate(modality: str, members: list[tuple[int, Modality]], bad: dict) -> t
 
 def _record_signature(record: dict) -> tuple:
     """Records with the same signature can make one batch: same keys, shapes and dtypes."""
-    return tuple((k, (v.shape, v.dtype.str) if isinstance(v, np.ndarray) else repr(v)) for k, v in record.items())
+    return tuple([(k, (v.shape, v.dtype.str) if isinstance(v, np.ndarray) else repr(v)) for k, v in record.items()])
 
 
 def _check_batches(pending: list[_Pending], by_modality: dict[str, list[str]], batch_size: int,
@@ -582,8 +582,9 @@ def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, u
     sidecars = [read_json(out / "shards" / f"{shard_name(i)}.json") for i in range(n_shards)]
     for i, side in enumerate(sidecars):
         skipped += side["skipped"]
-        for s in side["samples"]:
-            samples.append({"id": s["id"], "shard": i, "row": s["row"], "streams": s["streams"]})
+        for s in side["samples"]:  # {id, row, streams} + shard (the index is written key-sorted)
+            s["shard"] = i
+        samples += side["samples"]
     stream_stats = merge_statistics(sidecars, info)
     index = {"version": 1, "manifest": str(Path(manifest_path).name),
              "manifest_path": os.path.relpath(Path(manifest_path).resolve(), out.resolve()),  # for evaluate
