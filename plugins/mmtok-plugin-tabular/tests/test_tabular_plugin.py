@@ -10,9 +10,9 @@ import mmtok
 from mmtok.testing import check_plugin
 from mmtok_plugin_tabular import plugin
 
-MODALITIES = ["patient_demographics", "vital_signs", "lab_results", "table"]  # time_series: mmtok's own
+MODALITIES = ["patient_demographics", "vital_signs", "lab_results", "table", "ecg_beat", "beat_class"]  # time_series: mmtok's own
 CODECS = ["demographics-fsq", "vitals-quantile", "labs-fsq", "demographics-quantile", "labs-quantile",
-          "table-quantile", "timeseries-fsq"]
+          "table-quantile", "timeseries-fsq", "ecg-beat-fsq", "beat-class"]
 PRETRAINED = ["tabular/diabetes-demographics-fsq", "tabular/diabetes-vitals-quantile",
               "tabular/diabetes-labs-fsq"]
 
@@ -25,6 +25,7 @@ def test_conformance_kit():
         assert f"codec:{name}" in checked
     for name in PRETRAINED:
         assert f"pretrained:{name}" in checked
+    assert "reader:wfdb" in checked
 
 
 def test_discovered_through_entry_point():
@@ -35,6 +36,7 @@ def test_discovered_through_entry_point():
     assert info.provides["modalities"] == MODALITIES
     assert info.provides["codecs"] == CODECS
     assert info.provides["pretrained"] == PRETRAINED
+    assert info.provides["readers"] == ["wfdb"]
     for name in PRETRAINED:
         path = manager.pretrained(name).path
         assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
@@ -54,7 +56,7 @@ def test_codec_round_trip_shapes(spec):
     others = {f.name: getattr(ex, f.name) for f in dataclasses.fields(ex) if f.name != "values"}
     out = codec.decode(stream, **others)
     assert type(out) is modality
-    assert out.values.shape == ex.values.shape
+    assert out.values.shape == codec.decoded_shape(ex)  # ecg-beat-fsq resamples 252 steps to 256
     assert torch.isfinite(out.values).all()
     assert torch.equal(codec.encode(ex).ids, stream.ids)  # deterministic
 
@@ -62,7 +64,7 @@ def test_codec_round_trip_shapes(spec):
 def test_examples_fit_default_configs():
     expected = {"demographics-fsq": (3, 2, 1000), "vitals-quantile": (1, 1, 64),
                 "labs-fsq": (6, 3, 1000), "table-quantile": (4, 4, 64),
-                "timeseries-fsq": (1, 8, 1000)}
+                "timeseries-fsq": (1, 8, 1000), "ecg-beat-fsq": (1, 16, 1000), "beat-class": (1, 1, 5)}
     manager = mmtok.get_plugin_manager()
     for name, (channels, tokens, vocab) in expected.items():
         codec = manager.build_codec(name)

@@ -1,5 +1,6 @@
-"""Tabular modalities: the diabetes study's three tables and a generic CSV table (`TimeSeries`,
-once here, is mmtok's own `mmtok.TimeSeries`; re-exported for old imports).
+"""Tabular modalities: the diabetes study's three tables, a generic CSV table, and ECG beats with
+their classes (`TimeSeries`, once here, is mmtok's own `mmtok.TimeSeries`; re-exported for old
+imports).
 
 Do not add ``from __future__ import annotations`` here: it would turn the jaxtyping shape
 annotations into strings and mmtok refuses such modalities.
@@ -21,8 +22,8 @@ from torch import Tensor
 from mmtok import Columns, TimeSeries  # noqa: F401 - TimeSeries lives in mmtok now; re-exported
 from mmtok import stack_columns as _stack_columns
 
-__all__ = ["PatientDemographics", "VitalSigns", "LabResults", "Table", "TimeSeries",
-           "stack_columns"]
+__all__ = ["PatientDemographics", "VitalSigns", "LabResults", "Table", "TimeSeries", "EcgBeat", "BeatClass",
+           "AAMI_CLASSES", "aami_class", "stack_columns"]
 
 
 def stack_columns(owner: str, rows: Mapping[str, Any], columns: Sequence[str]) -> Tensor:
@@ -116,3 +117,50 @@ class Table(Columns):
         """Random rows of 4 named columns (fits the default ``table-quantile`` codec)."""
         return cls(values=torch.randn(batch_size, 4, generator=generator),
                    columns=("x0", "x1", "x2", "x3"))
+
+
+@dataclass(frozen=True, eq=False)
+class EcgBeat(TimeSeries):
+    """ECG beats of one lead in mV, one window around each R peak (`beat_windows`: 0.25 s before
+    to 0.45 s after, 252 samples at 360 Hz). values: (b, 1, t); the ``ecg-beat-fsq`` codec
+    resamples any t to its own 256 steps, so records at other sampling rates fit too."""
+
+    name: ClassVar[str] = "ecg_beat"
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "EcgBeat":
+        """Synthetic P-QRS-T shapes (Gaussian bumps, shape tests only), 1 x 252 steps at 360 Hz."""
+        t = torch.arange(252, dtype=torch.float32) / 360.0 - 0.25  # seconds from the R peak
+        u = torch.rand(batch_size, 3, generator=generator)
+        bump = lambda a, mu, s: a * torch.exp(-0.5 * ((t - mu) / s) ** 2)  # noqa: E731
+        values = (bump(0.15, -0.18, 0.02) + bump(1.0 + u[:, :1], 0.0, 0.012) - bump(0.3, 0.03, 0.01)
+                  + bump(0.3 * (1 + u[:, 1:2]), 0.25 + 0.05 * u[:, 2:], 0.04))
+        return cls(values=values[:, None], sample_rate=360.0)
+
+
+#: AAMI EC57 beat classes, in label order: N normal / bundle branch block / escape, S supraventricular
+#: ectopic, V ventricular ectopic, F fusion, Q paced / unclassifiable
+AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+_AAMI_OF_SYMBOL = {**dict.fromkeys("NLRej", "N"), **dict.fromkeys("AaJS", "S"), **dict.fromkeys("VE", "V"),
+                   "F": "F", **dict.fromkeys("/fQ", "Q")}
+
+
+def aami_class(symbol: str) -> int | None:
+    """Label (index into `AAMI_CLASSES`) of a MIT-BIH beat annotation symbol (``A`` -> 1 = S);
+    None for symbols that are not beats (rhythm ``+``, noise ``~``, comments ``"``)."""
+    cls = _AAMI_OF_SYMBOL.get(symbol)
+    return None if cls is None else AAMI_CLASSES.index(cls)
+
+
+@dataclass(frozen=True, eq=False)
+class BeatClass(Columns):
+    """The class of a beat: values (b, 1), the label 0..4 = `AAMI_CLASSES` N, S, V, F, Q
+    (`aami_class` maps MIT-BIH symbols: N -> 0, A -> 1, V -> 2)."""
+
+    name: ClassVar[str] = "beat_class"
+    columns: ClassVar[tuple[str, ...]] = ("label",)
+
+    @classmethod
+    def example(cls, batch_size: int = 2, generator: torch.Generator | None = None) -> "BeatClass":
+        """Labels 0, 1, 2, 0, ... values: (batch_size, 1)."""
+        return cls(values=torch.arange(batch_size).remainder(3).float()[:, None])

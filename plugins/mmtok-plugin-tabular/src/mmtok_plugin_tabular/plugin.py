@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
-from mmtok import CodecSpec, PretrainedSpec, ScalarCodec, TableCodec, TimeSeriesCodec, hookimpl
+from mmtok import (CategoricalCodec, CodecSpec, PretrainedSpec, ReaderSpec, ScalarCodec, TableCodec, TimeSeriesCodec,
+                   hookimpl)
 
-from mmtok_plugin_tabular.modalities import LabResults, PatientDemographics, Table, VitalSigns
+from mmtok_plugin_tabular.modalities import (BeatClass, EcgBeat, LabResults, PatientDemographics, Table,
+                                             VitalSigns)
+from mmtok_plugin_tabular.readers import WFDB_SUFFIXES, read_wfdb
 
 PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
 
@@ -21,7 +24,7 @@ PRETRAINED = {
 
 @hookimpl
 def mmtok_modalities():
-    return [PatientDemographics, VitalSigns, LabResults, Table]
+    return [PatientDemographics, VitalSigns, LabResults, Table, EcgBeat, BeatClass]
 
 
 @hookimpl
@@ -51,7 +54,20 @@ def mmtok_codecs():
                   {"channels": 1, "size": [64], "patch": [8],
                    "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5]}},
                   "time series: one FSQ token of 1000 per 8 steps"),
+        CodecSpec("ecg-beat-fsq", "ecg_beat", TimeSeriesCodec,
+                  {"channels": 1, "size": [256], "patch": [16], "length": "resample",
+                   "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5]}},
+                  "an ECG beat window resampled to 256 steps: one FSQ token of 1000 per 16 steps"),
+        CodecSpec("beat-class", "beat_class", CategoricalCodec, {"columns": 1, "num_categories": 5},
+                  "a beat's AAMI class (N, S, V, F, Q): one exact token of 5"),
     ]
+
+
+@hookimpl
+def mmtok_readers():
+    return [ReaderSpec("wfdb", WFDB_SUFFIXES, read_wfdb,
+                       "WFDB record (.hea + .dat, PhysioNet): values (c, t) in physical units, sample_rate; "
+                       "options channels, start, stop")]
 
 
 @hookimpl
