@@ -20,7 +20,7 @@ CUT_HSC = HSC_CUTOUTS["cut_hsc"]
 def test_shipped_files_match_data_md_checksums():
     table = (DATA_DIR / "DATA.md").read_text()
     sums = dict(re.findall(r"\| `([\w.]+)` \|.*\| `([0-9a-f]{64})` \|", table))
-    assert sorted(sums) == sorted(p.name for p in DATA_DIR.iterdir() if p.suffix in (".npz", ".fits"))
+    assert sorted(sums) == sorted(p.name for p in DATA_DIR.iterdir() if p.suffix in (".npz", ".fits", ".csv"))
     for name, digest in sums.items():
         assert hashlib.sha256((DATA_DIR / name).read_bytes()).hexdigest() == digest, name
 

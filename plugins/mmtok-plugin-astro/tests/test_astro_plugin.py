@@ -10,14 +10,17 @@ from mmtok.testing import check_plugin
 from mmtok_plugin_astro import (GaiaPhotometry, HSCImage, LegacySurveyImage, SourceCatalog,
                                 from_nanomaggies, nanomaggies_per_unit, plugin, to_nanomaggies)
 
-MODALITIES = ["hsc_image", "legacy_survey_image", "gaia_photometry", "source_catalog"]
-CODECS = ["hsc-image-fsq", "legacy-image-fsq", "gaia-photometry-quantile", "source-catalog-quantile"]
+MODALITIES = ["hsc_image", "legacy_survey_image", "gaia_photometry", "gaia_astrometry", "source_catalog"]
+CODECS = ["hsc-image-fsq", "legacy-image-fsq", "gaia-photometry-quantile", "gaia-astrometry-quantile",
+          "source-catalog-quantile"]
+PRETRAINED = ["astro/hsc-cosmos-fsq24", "astro/hsc-cosmos-catalog", "astro/gaia-cone-photometry",
+              "astro/gaia-cone-astrometry"]
 
 
 def test_conformance_kit():
     checked = check_plugin(plugin, batch_size=3)
     assert checked == [*(f"modality:{m}" for m in MODALITIES), *(f"codec:{c}" for c in CODECS),
-                       "reader:fits"]
+                       *(f"pretrained:{p}" for p in PRETRAINED), "reader:fits"]
 
 
 def test_discovered_through_entry_point():
@@ -28,13 +31,15 @@ def test_discovered_through_entry_point():
     assert info.provides["modalities"] == MODALITIES
     assert info.provides["codecs"] == CODECS
     assert info.provides["readers"] == ["fits"]
+    assert info.provides["pretrained"] == PRETRAINED
     assert manager.reader_for("cutout.fits.gz").name == "fits"
     assert manager.reader_for("CUT.FIT").name == "fits"
 
 
 def test_codec_defaults_fit_examples():
     expected = {"hsc-image-fsq": ((5, 48, 48), 36, 1000), "legacy-image-fsq": ((4, 32, 32), 16, 1000),
-                "gaia-photometry-quantile": ((3,), 3, 64), "source-catalog-quantile": ((6,), 6, 64)}
+                "gaia-photometry-quantile": ((3,), 3, 64), "gaia-astrometry-quantile": ((3,), 3, 64),
+                "source-catalog-quantile": ((6,), 6, 64)}
     manager = mmtok.get_plugin_manager()
     for name, (shape, tokens, vocab) in expected.items():
         codec = manager.build_codec(name)
@@ -67,7 +72,7 @@ def test_survey_codec_decodes_in_survey_units():
     ex = HSCImage.example(4, generator=torch.Generator().manual_seed(1))
     codec.fit_statistics(ex)
     # the normalisation statistics are fitted on nanomaggies: softening ~ HSC counts * 10**-1.8
-    plain = mmtok.codecs.ImageCodec({**codec.config.model_dump(), "modality": "hsc_image"},
+    plain = mmtok.codecs.ImageCodec({**codec.config.model_dump(exclude={"crop"}), "modality": "hsc_image"},
                                     modality=HSCImage)
     plain.fit_statistics(ex)
     assert torch.allclose(codec.norm.scale, plain.norm.scale * HSCImage.nanomaggies_per_unit(), rtol=1e-4)
@@ -101,8 +106,11 @@ def test_table_modalities_from_record():
                                    sample_id="star-2")
     with pytest.raises(ModalityError, match=r"sample 'star-3': GaiaPhotometry.values: expected 3 values"):
         GaiaPhotometry.from_record({"values": [17.0, 16.0]}, sample_id="star-3")
-    with pytest.raises(ModalityError, match=r"sample 'star-4': GaiaPhotometry.values: expected finite"):
+    with pytest.raises(ModalityError, match=r"sample 'star-4': GaiaPhotometry: column\(s\) "
+                                            r"\['phot_bp_mean_mag'\] are null"):
         GaiaPhotometry.from_record({**row, "phot_bp_mean_mag": float("nan")}, sample_id="star-4")
+    with pytest.raises(ModalityError, match=r"sample 'star-5': GaiaPhotometry.values: expected finite"):
+        GaiaPhotometry.from_record({"values": [17.0, float("nan"), 16.6]}, sample_id="star-5")
     src = SourceCatalog.from_record({"x": 1.0, "y": 2.0, "flux": 3.0, "a": 2.0, "b": 1.0, "theta": 0.1})
     assert src.values[0].tolist() == pytest.approx([1.0, 2.0, 3.0, 2.0, 1.0, 0.1])
     assert set(src.to_catalog()) == set(SourceCatalog.columns)

@@ -24,11 +24,23 @@ from mmtok import Columns, Modality, ModalityError, stack_columns
 
 from mmtok_plugin_astro.preprocessing import nanomaggies_per_unit
 
-__all__ = ["HSCImage", "LegacySurveyImage", "GaiaPhotometry", "SourceCatalog",
-           "PIXEL_SCALE_TOLERANCE"]
+__all__ = ["HSCImage", "LegacySurveyImage", "GaiaPhotometry", "GaiaAstrometry", "SourceCatalog",
+           "PIXEL_SCALE_TOLERANCE", "is_null"]
 
 #: relative difference allowed between a file's pixel scale and the modality's ``pixel_scale``
 PIXEL_SCALE_TOLERANCE = 0.01
+
+
+def is_null(value: Any) -> bool:
+    """True for a catalogue null: an empty CSV cell (``""``), NaN or None."""
+    if value is None:
+        return True
+    arr = np.asarray(value)
+    if arr.size != 1:
+        return False
+    if arr.dtype.kind in "US":
+        return str(arr.reshape(())).strip() == ""
+    return arr.dtype.kind == "f" and bool(np.isnan(arr))
 
 
 def _where(sample_id: str | None) -> str:
@@ -212,13 +224,33 @@ class _CatalogColumns(Columns):
             raise ModalityError(f"{_where(sample_id)}{cls.__name__}.from_record builds one row; the "
                                 f"record holds a 'catalog' table of shape {rows}: use "
                                 f"{cls.__name__}.from_catalog")
+        nulls = [c for c in cls.columns if c in record and is_null(record[c])]
+        if nulls:  # a null is an absent measurement, never a number (and never a silent 0)
+            raise ModalityError(f"{_where(sample_id)}{cls.__name__}: column(s) {nulls} are null (empty "
+                                f"or NaN) for this source; expected a number in every column of "
+                                f"{list(cls.columns)}. {cls.null_hint}")
         return super().from_record(record, sample_id=sample_id)
+
+    #: what to do about a null, appended to the error
+    null_hint: ClassVar[str] = "Leave this modality out of the sample."
 
     @classmethod
     def from_catalog(cls, catalog: Any):
         """Many rows: a numpy structured array or a mapping of 1-D columns (n rows) -> batch of
-        n, values (n, c) in ``columns`` order."""
-        return cls(values=stack_columns(catalog, cls.columns, where=f"{cls.__name__}.from_catalog"))
+        n, values (n, c) in ``columns`` order. A null (NaN) is refused with the rows that hold
+        it: select the complete rows first (`complete_rows`)."""
+        values = stack_columns(catalog, cls.columns, where=f"{cls.__name__}.from_catalog")
+        bad = torch.nonzero(~torch.isfinite(values).all(dim=1)).flatten().tolist()
+        if bad:
+            raise ModalityError(f"{cls.__name__}.from_catalog: {len(bad)} row(s) {bad[:8]} have a null "
+                                f"(NaN) in {list(cls.columns)}; expected numbers. {cls.null_hint}")
+        return cls(values=values)
+
+    @classmethod
+    def complete_rows(cls, catalog: Any) -> np.ndarray:
+        """Bool mask (n,): rows with a number in every column of ``columns`` (no null)."""
+        values = stack_columns(catalog, cls.columns, where=f"{cls.__name__}.complete_rows")
+        return torch.isfinite(values).all(dim=1).numpy()
 
     def to_catalog(self) -> dict[str, np.ndarray]:
         """Batch -> {column: float32 array (b,)}."""
@@ -227,13 +259,16 @@ class _CatalogColumns(Columns):
 
 @dataclass(frozen=True, eq=False)
 class GaiaPhotometry(_CatalogColumns):
-    """Gaia mean photometry of a source (Gaia is not imaging): values (b, 3) = G, BP, RP mean
-    Vega magnitudes, in the Gaia archive's column names. Sources without BP / RP (NaN in the
-    archive) are rejected: filter them first."""
+    """Gaia DR3 mean photometry of a source (Gaia is not imaging): values (b, 3) = G, BP, RP mean
+    Vega magnitudes, named as in the Gaia archive's ``gaia_source`` table. A source without BP /
+    RP (null in the archive) is refused, never filled in: leave the modality out of that sample."""
 
     name: ClassVar[str] = "gaia_photometry"
     bands: ClassVar[tuple[str, ...]] = ("G", "BP", "RP")
     columns: ClassVar[tuple[str, ...]] = ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")
+    units: ClassVar[tuple[str, ...]] = ("mag", "mag", "mag")
+    null_hint: ClassVar[str] = ("Gaia has no BP/RP for some faint sources: leave 'gaia_photometry' "
+                                "out of this sample instead of filling in a value")
 
     @classmethod
     def example(cls, batch_size: int = 2,
@@ -242,6 +277,28 @@ class GaiaPhotometry(_CatalogColumns):
         u = torch.rand(batch_size, 2, generator=generator)
         g, colour = 12 + 8 * u[:, 0], 0.5 + 2 * u[:, 1]
         return cls(values=torch.stack([g, g + 0.4 * colour, g - 0.6 * colour], dim=1))
+
+
+@dataclass(frozen=True, eq=False)
+class GaiaAstrometry(_CatalogColumns):
+    """Gaia DR3 astrometry of a source: values (b, 3) = parallax (mas), pmra, pmdec (mas / yr),
+    named as in the archive's ``gaia_source`` table. Parallax is the measurement, so it may be
+    negative for distant, faint sources. Sources with only a 2-parameter solution have null
+    parallax and proper motion: they have no ``gaia_astrometry`` (refused, never filled in)."""
+
+    name: ClassVar[str] = "gaia_astrometry"
+    columns: ClassVar[tuple[str, ...]] = ("parallax", "pmra", "pmdec")
+    units: ClassVar[tuple[str, ...]] = ("mas", "mas/yr", "mas/yr")
+    null_hint: ClassVar[str] = ("Gaia DR3 sources with a 2-parameter solution have no parallax or proper "
+                                "motion: leave 'gaia_astrometry' out of this sample")
+
+    @classmethod
+    def example(cls, batch_size: int = 2,
+                generator: torch.Generator | None = None) -> "GaiaAstrometry":
+        """Synthetic sources (not real data): parallax in [-1, 3] mas, proper motions ~ 10 mas/yr."""
+        u = torch.rand(batch_size, 1, generator=generator)
+        pm = 10 * torch.randn(batch_size, 2, generator=generator)
+        return cls(values=torch.cat([-1 + 4 * u, pm], dim=1))
 
 
 @dataclass(frozen=True, eq=False)
