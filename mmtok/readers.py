@@ -75,8 +75,22 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise MmtokError(f"{path}: cannot read as .npz ({err})") from None
 
 
+def _exact_integers(col: list[str]) -> np.ndarray:
+    """``col`` as int64 when every value is an integer literal within int64, else as str (a float
+    column with huge values stays float: only integer literals are kept exact)."""
+    try:
+        ints = [int(v) for v in col]
+    except ValueError:
+        return np.asarray([float(v) for v in col], dtype=np.float64)
+    if all(-2 ** 63 <= v < 2 ** 63 for v in ints):
+        return np.asarray(ints, dtype=np.int64)
+    return np.asarray(col, dtype=str)
+
+
 def read_csv(path: Path) -> dict[str, np.ndarray]:
-    """One array per column (float where every value parses as a number, else str)."""
+    """One array per column: float where every value parses as a number, else str. Integers
+    beyond float64's exact range (2**53: 19-digit ids such as Gaia's ``source_id``) would lose
+    digits as floats, so such a column is int64 (str if it exceeds int64 too), never rounded."""
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     if not rows:
@@ -89,7 +103,9 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
     for j, name in enumerate(header):
         col = [row[j] for row in body]
         try:
-            out[name] = np.asarray([float(v) for v in col], dtype=np.float64)
+            values = np.asarray([float(v) for v in col], dtype=np.float64)
         except ValueError:
             out[name] = np.asarray(col, dtype=str)
+            continue
+        out[name] = _exact_integers(col) if np.any(np.abs(values) > 2.0 ** 53) else values
     return out

@@ -127,3 +127,15 @@ def test_a_fifo_or_device_as_data_file_is_refused_without_opening_it(tmp_path):
         assert not opened
     finally:
         release()
+
+
+def test_csv_integer_ids_beyond_float64_precision_stay_exact(tmp_path):
+    # Gaia DR3 source_ids have 19 digits: as float64 two of them would collide
+    path = tmp_path / "gaia.csv"
+    path.write_text("source_id,g,big\n5937083312552714752,12.5,1e300\n5937083312552714753,13.0,2\n")
+    columns = read_csv(path)
+    assert columns["source_id"].dtype == np.int64
+    assert columns["source_id"].tolist() == [5937083312552714752, 5937083312552714753]
+    assert columns["g"].dtype == np.float64 and columns["big"].dtype == np.float64
+    path.write_text("id\n123456789012345678901234\n7\n")  # beyond int64: kept as text, not rounded
+    assert read_csv(path)["id"].tolist() == ["123456789012345678901234", "7"]
