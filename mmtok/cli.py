@@ -16,6 +16,10 @@ __all__ = ["main"]
 def cmd_plugins(args: argparse.Namespace) -> int:
     from mmtok.plugins import get_plugin_manager
 
+    if args.codecs:
+        return _cmd_plugin_codecs(args)
+    if args.registry is not None:
+        raise MmtokError("--registry goes with --codecs (mmtok plugins --codecs --registry FILE)")
     manager = get_plugin_manager()
     rows = [
         {"name": p.name, "package": p.package, "version": p.version, "disabled": p.disabled,
@@ -33,6 +37,90 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for err in row["errors"]:
             print(f"    error       {err}")
     return 0
+
+
+def _fitted_on(directory: Path | None) -> str:
+    """What a codec checkpoint was fitted on: ``fitted_on`` of its metrics.json (or config.json),
+    a string or {data, samples, split, held_out}; else the older ``data`` / ``split`` keys, else
+    the sample counts `mmtok fit-codec` records; "" when the checkpoint says nothing."""
+    if directory is None:
+        return ""
+    for name in ("metrics.json", "config.json"):
+        try:
+            meta = json.loads((directory / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict):
+            continue
+        found = meta.get("fitted_on")
+        if isinstance(found, dict):
+            parts = [str(found.get("data", "")), f"{found['samples']} samples" if "samples" in found else "",
+                     str(found.get("split", ""))]
+            return "; ".join(p for p in parts if p)
+        if found:
+            return str(found)
+        if meta.get("data"):
+            split = meta.get("split")
+            split = ", ".join(f"{k}: {v}" for k, v in split.items()) if isinstance(split, dict) else split
+            return "; ".join(str(p) for p in (meta["data"], split) if p)
+        if "train_samples" in meta:
+            return f"{meta['train_samples']} train / {meta.get('val_samples', 0)} held-out samples (mmtok fit-codec)"
+    return ""
+
+
+def _codec_rows(registry_path: Path | None) -> list[dict]:
+    """One row per stream of the registry, or per shipped pretrained codec when there is none:
+    codec, tokens, vocabulary, checkpoint and what it was fitted on (see `_fitted_on`)."""
+    from mmtok.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    rows = []
+    if registry_path is not None:
+        from mmtok.registry import Registry
+
+        registry = Registry.load(registry_path)
+        for key, entry in registry.streams.items():
+            row = {"stream": key, "codec": entry.codec, "num_tokens": entry.num_tokens,
+                   "vocab_size": entry.vocab_size, "checkpoint": entry.checkpoint, "fitted_on": "", "error": None}
+            try:
+                codec = registry.codec(key)
+                row.update(num_tokens=codec.num_tokens, vocab_size=codec.vocab_size)
+                if entry.checkpoint:
+                    row["fitted_on"] = _fitted_on(registry._checkpoint_dir(entry.checkpoint, manager))
+                else:
+                    row["fitted_on"] = "not fitted (no checkpoint)"
+            except Exception as err:  # noqa: BLE001 - one broken stream is one row, not a traceback
+                row["error"] = f"{type(err).__name__}: {err}"
+            rows.append(row)
+        return rows
+    for name in manager.names("pretrained"):
+        spec = manager.pretrained(name)
+        row = {"pretrained": name, "codec": None, "num_tokens": None, "vocab_size": None,
+               "checkpoint": str(spec.path), "fitted_on": _fitted_on(Path(spec.path)), "error": None}
+        try:
+            codec = manager.load_pretrained(name)
+            row.update(codec=codec.name, num_tokens=codec.num_tokens, vocab_size=codec.vocab_size)
+        except Exception as err:  # noqa: BLE001
+            row["error"] = f"{type(err).__name__}: {err}"
+        rows.append(row)
+    return rows
+
+
+def _cmd_plugin_codecs(args: argparse.Namespace) -> int:
+    rows = _codec_rows(args.registry)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 1 if any(r["error"] for r in rows) else 0
+    if not rows:
+        print("no pretrained codecs installed" if args.registry is None else f"{args.registry}: no streams")
+    for r in rows:
+        vocab = "continuous" if r["vocab_size"] is None and not r["error"] else r["vocab_size"]
+        print(f"{r.get('stream') or r.get('pretrained')}  codec {r['codec']}  tokens {r['num_tokens']}  vocab {vocab}")
+        print(f"    checkpoint  {r['checkpoint'] or '-'}")
+        print(f"    fitted on   {r['fitted_on'] or '(not recorded)'}")
+        if r["error"]:
+            print(f"    error       {r['error']}")
+    return 1 if any(r["error"] for r in rows) else 0
 
 
 def _registry(args: argparse.Namespace, *, manifest=None, tokens=None, optional: bool = False) -> Path | None:
@@ -314,7 +402,10 @@ def _fit_codec(args: argparse.Namespace) -> int:
     out = codec.save_pretrained(args.out)
     from mmtok.io import write_json
 
-    write_json(out / "metrics.json", {"train_samples": len(train), "val_samples": n_val, **report.to_dict()})
+    fitted_on = {"data": Path(args.manifest).name, "stream": args.stream, "samples": len(train),
+                 "split": f"random, seed {args.seed}, val_fraction {args.val_fraction} ({n_val} held out)"}
+    write_json(out / "metrics.json", {"train_samples": len(train), "val_samples": n_val, "fitted_on": fitted_on,
+                                      **report.to_dict()})
     print(f"{args.stream}: {report.summary()} ({'held-out' if n_val else 'training'} data, "
           f"{len(train)} train / {n_val} held-out samples)")
     print(f"wrote {out}; point registry.yaml at it:\n  {args.stream}:\n    checkpoint: {json.dumps(str(out))}")
@@ -395,6 +486,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         markdown = args.out.with_suffix(".md")
         atomic_write(markdown, lambda p: p.write_text(text + "\n"))
         print(f"wrote {args.out} and {markdown}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmtok.evaluate import recorded_manifest
+    from mmtok.report import write_report
+
+    from mmtok.shards import TokenShards
+
+    if not args.tokens.is_dir():
+        raise MmtokError(f"{args.tokens}: no such token folder (expected the --out folder of `mmtok encode`)")
+    TokenShards(args.tokens)  # not a token folder: say so before looking for its registry
+    registry = _registry(args, tokens=args.tokens, optional=True)
+    manifest = args.manifest if args.manifest is not None else recorded_manifest(args.tokens)
+    if args.manifest is None and manifest is not None and not args.quiet:
+        print(f"manifest: {manifest} (the one {args.tokens} was encoded from)", file=sys.stderr)
+    page = write_report(args.tokens, args.out, manifest=manifest, registry=registry, samples=args.samples)
+    print(f"wrote {page}")
     return 0
 
 
@@ -507,8 +616,14 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(sub, "plugins", "list plugins, their versions, what they provide, load errors",
-                 examples="mmtok plugins\nmmtok plugins --json")
+                 examples="mmtok plugins\nmmtok plugins --json\nmmtok plugins --codecs\n"
+                          "mmtok plugins --codecs --registry examples/clinic/registry.yaml")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--codecs", action="store_true",
+                   help="per shipped pretrained codec (or per stream of --registry): codec, tokens, vocabulary, "
+                        "checkpoint, and the data it was fitted on (its metrics.json 'fitted_on')")
+    p.add_argument("--registry", type=Path, default=None, metavar="FILE",
+                   help="with --codecs: list this registry's streams instead of the shipped codecs")
     p.set_defaults(func=cmd_plugins)
 
     p = _command(sub, "registry", "registry.yaml tools")
@@ -657,6 +772,22 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     _quiet_option(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = _command(sub, "report", "HTML page of a token folder: per-stream usage, perplexity, decoded samples",
+                 "One self-contained HTML page (PNGs beside it) about a token folder: per stream the samples "
+                 "that have it, the codebook usage histogram (continuous streams: the token values), "
+                 "perplexity and usage; with the registry and manifest it was encoded with, a few decoded "
+                 "samples beside their originals. Needs matplotlib.",
+                 examples="mmtok report runs/clinic/tokens --out runs/clinic/report\n"
+                          "mmtok report tokens --out report --manifest manifest.json --registry registry.yaml")
+    p.add_argument("tokens", type=Path, help="an mmtok encode output folder")
+    p.add_argument("--out", type=Path, required=True, help="folder of the page (index.html) and its PNGs")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="manifest of the originals (default: the one the token folder records)")
+    _registry_option(p, "and their codecs, for decoding")
+    p.add_argument("--samples", type=int, default=4, help="decoded samples shown per stream")
+    _quiet_option(p)
+    p.set_defaults(func=cmd_report)
 
     p = _command(sub, "new-plugin", "scaffold a pip-installable plugin package",
                  examples="mmtok new-plugin seismo --dir .\npip install -e './mmtok-plugin-seismo[dev]'\n"

@@ -1,6 +1,8 @@
 """What mmtok-plugin-nir registers (entry point ``nir`` in group ``mmtok``)."""
 
-from mmtok import BundleSpec, CodecSpec, ScalarCodec, hookimpl
+from pathlib import Path
+
+from mmtok import BundleSpec, CodecSpec, PretrainedSpec, ScalarCodec, hookimpl
 
 from mmtok_plugin_nir.cli import COMMAND
 from mmtok_plugin_nir.codecs import NIRSpectrumCodec, SpectralFMCodec
@@ -13,6 +15,15 @@ SPECTRUM = {"channels": 1, "size": [2048], "patch": [16], "field": "values"}
 SPECTRALFM = {"pool": 4, "z_chem_token": True}
 #: the streams of the nir-calibration bundle (registry.yaml declares the same)
 CALIBRATION_STREAMS = ("tok_nir_spectralfm", "tok_nir_properties")
+
+PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
+#: pretrained name -> (folder under data/pretrained/, description); fitted by scripts/fit_pretrained.py
+PRETRAINED = {
+    "nir/corn-tablet-spectrum-fsq": (
+        "corn-tablet-spectrum-fsq", "nir-spectrum-fsq fitted on Corn (180 spectra) + Tablet (390) calibration rows"),
+    "nir/corn-properties-quantile": (
+        "corn-properties-quantile", "nir-properties-quantile on the Corn calibration pool (60 samples, 4 properties)"),
+}
 
 
 @hookimpl
@@ -45,6 +56,12 @@ def mmtok_bundles():
     return [BundleSpec("nir-calibration", CALIBRATION_STREAMS, (),
                        "NIR spectra as frozen SpectralFM tokens and their lab reference values: the shared "
                        "transformer imputes the property stream (mmtok_plugin_nir.shared_model)")]
+
+
+@hookimpl
+def mmtok_pretrained():
+    return [PretrainedSpec(name, PRETRAINED_DIR / folder, description)
+            for name, (folder, description) in PRETRAINED.items()]
 
 
 @hookimpl
