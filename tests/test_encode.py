@@ -427,3 +427,35 @@ def test_hostile_manifests_are_one_line(tmp_path, capsys, text, words):
     assert rc == 1 and words in err.splitlines()[0], err
     with pytest.raises(ManifestError, match="NUL byte|embedded null"):
         Manifest.load(tmp_path / "manifest\0.json")
+
+
+def test_shards_written_in_line_or_on_the_writer_thread_are_identical_and_a_failed_write_is_raised(
+        xrays, tmp_path, monkeypatch):
+    """The shard writer runs on a thread only where a core is spare; both ways the token folder is
+    byte-identical, and a write that fails on the thread fails the run with its own error."""
+    import mmtok.encode as encode
+    from mmtok.encode import encode_manifest
+
+    root, _, write_manifest = xrays
+    write_manifest("manifest.json", XRAY_GOOD)
+
+    def run(out, spare: bool):
+        monkeypatch.setattr(encode._ShardWriter, "spare_core", staticmethod(lambda device: spare))
+        encode_manifest(root / "manifest.json", out, registry_path=root / "registry.yaml", progress=False,
+                        shard_size=2, streams=["tok_xray"])
+
+    def files(out):
+        return {p.relative_to(out): p.read_bytes() for p in (out / "shards").iterdir()}
+
+    run(tmp_path / "inline", False)
+    run(tmp_path / "thread", True)
+    assert len(files(tmp_path / "inline")) == 6  # 3 shards: safetensors + sidecar each
+    assert files(tmp_path / "inline") == files(tmp_path / "thread")
+
+    def refuse(directory, index, streams, sidecar):
+        raise mmtok.MmtokError(f"shard {index}: disk full (test)")
+
+    monkeypatch.setattr(encode, "write_shard", refuse)
+    for spare in (False, True):
+        with pytest.raises(mmtok.MmtokError, match="shard 0: disk full"):
+            run(tmp_path / f"failed-{spare}", spare)
