@@ -1,13 +1,19 @@
 """Train the seed's CT encoder (`CTReportAligner`) on real CT crops and measure retrieval.
 
     python examples/ct/retrieval.py [--out runs/ct/retrieval] [--seeds 0 1 2] [--steps 400]
+                                    [--width 128] [--depth 4] [--batch 48] [--text words wordllama]
 
 Samples are the crops of `ct_data.py`: training crops from slices 0-21 of the NIfTI case, held-out
 crops from its slices 22-29 (no shared voxel), and every crop of the DICOM case (a patient never
 seen in training). The text side is the templated findings report of each crop (made from the
 TotalSegmentator masks; no real reports exist for these volumes).
 
-For each seed and for two inputs — volume + anatomy mask (the seed's design) and the volume
+Two report sides, each with the same vision encoder and split: ``words`` (the `report-words`
+vocabulary fitted on the training reports + a small transformer trained from scratch) and
+``wordllama`` (the frozen `report-wordllama` codec: one pretrained 256-d WordLlama embedding per
+report line; only a small adapter on top is trained).
+
+For each report side, seed and for two inputs — volume + anatomy mask (the seed's design) and the volume
 alone (the mask replaced by background) — it reports image->text and text->image Recall@1/5/10
 over the held-out crops, next to chance (exact expectation under a random ranking; a report
 shared by several crops counts as a hit for each of them). Writes ``metrics.json``,
@@ -30,6 +36,7 @@ sys.path.insert(0, str(HERE))
 
 from ct_data import CROP, split_crops  # noqa: E402
 
+import mmtok  # noqa: E402
 from mmtok_plugin_ct import ReportText  # noqa: E402
 from mmtok_plugin_ct.model.encoder import CTEncoderConfig, CTReportAligner  # noqa: E402
 from mmtok_plugin_ct.regions import NUM_REGIONS  # noqa: E402
@@ -39,11 +46,24 @@ KS = (1, 5, 10)
 MAX_STEPS = 7
 
 
-def tokenized(crops, words: ReportTextCodec) -> dict:
+TEXTS = ("words", "wordllama")
+
+
+def tokenized(crops, words: ReportTextCodec, wordllama=None) -> dict:
+    """Both report sides of the crops: word ids (b, T) + step index, and (with ``wordllama``, the
+    `report-wordllama` codec) frozen line embeddings (b, MAX_STEPS, 256)."""
     ids = words.ids(crops.reports)
-    return {"volume": crops.volumes.float(), "regions": crops.regions.long(), "ids": ids,
-            "steps": step_index(ids), "step_region": step_regions(crops.reports, MAX_STEPS),
-            "reports": crops.reports}
+    out = {"volume": crops.volumes.float(), "regions": crops.regions.long(), "ids": ids,
+           "steps": step_index(ids), "step_region": step_regions(crops.reports, MAX_STEPS),
+           "reports": crops.reports}
+    if wordllama is not None:
+        out["emb"] = wordllama.encode(ReportText.from_texts(crops.reports)).values
+    return out
+
+
+def text_input(data: dict, text: str, idx=slice(None)) -> tuple:
+    """(text_ids or line embeddings, step index) of the chosen report side."""
+    return (data["emb"][idx], None) if text == "wordllama" else (data["ids"][idx], data["steps"][idx])
 
 
 def recall_at_k(sim: torch.Tensor, same: torch.Tensor, ks=KS) -> dict[str, float]:
@@ -64,12 +84,12 @@ def chance_recall(same: torch.Tensor, ks=KS) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: CTReportAligner, data: dict, use_mask: bool) -> dict:
+def evaluate(model: CTReportAligner, data: dict, use_mask: bool, text: str = "words") -> dict:
     model.eval()
     regions = data["regions"] if use_mask else torch.zeros_like(data["regions"])
     v = torch.cat([model.embed_volumes(data["volume"][i:i + 64], regions[i:i + 64])
                    for i in range(0, len(data["reports"]), 64)])
-    t = model.embed_texts(data["ids"], data["steps"])
+    t = model.embed_texts(*text_input(data, text))
     reports = data["reports"]
     same = torch.tensor([[a == b for b in reports] for a in reports])
     sim = v @ t.T
@@ -78,12 +98,15 @@ def evaluate(model: CTReportAligner, data: dict, use_mask: bool) -> dict:
             "chance": chance_recall(same), "n": len(reports), "sim": sim}
 
 
-def train(seed: int, train_data: dict, vocab: int, steps: int, use_mask: bool, batch: int = 48,
-          lr: float = 5e-4) -> CTReportAligner:
+def train(seed: int, train_data: dict, vocab: int, steps: int, use_mask: bool, text: str = "words",
+          batch: int = 48, lr: float = 5e-4, width: int = 128, depth: int = 4) -> CTReportAligner:
     torch.manual_seed(seed)
-    config = CTEncoderConfig(img_size=CROP, patch_size=(4, 16, 16), embed_dim=128, depth=4, num_heads=4,
-                             num_regions=NUM_REGIONS, shared_dim=128, vocab_size=vocab,
-                             text_max_tokens=train_data["ids"].shape[1], text_depth=2, mask_hidden=32)
+    side = ({"text_input": "embeddings", "text_embed_dim": train_data["emb"].shape[2],
+             "text_max_tokens": train_data["emb"].shape[1]} if text == "wordllama"
+            else {"text_input": "ids", "text_max_tokens": train_data["ids"].shape[1]})
+    config = CTEncoderConfig(img_size=CROP, patch_size=(4, 16, 16), embed_dim=width, depth=depth, num_heads=4,
+                             num_regions=NUM_REGIONS, shared_dim=width, vocab_size=vocab, text_depth=2,
+                             mask_hidden=32, **side)
     model = CTReportAligner(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -95,7 +118,7 @@ def train(seed: int, train_data: dict, vocab: int, steps: int, use_mask: bool, b
         vol = train_data["volume"][idx]
         vol = vol + 0.02 * torch.randn(vol.shape, generator=gen)  # scanner noise
         regions = train_data["regions"][idx] if use_mask else torch.zeros_like(train_data["regions"][idx])
-        out = model(vol, regions, train_data["ids"][idx], train_data["steps"][idx], train_data["step_region"][idx])
+        out = model(vol, regions, *text_input(train_data, text, idx), train_data["step_region"][idx])
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -103,7 +126,7 @@ def train(seed: int, train_data: dict, vocab: int, steps: int, use_mask: bool, b
         sched.step()
         if step % 100 == 0 or step == steps - 1:
             parts = " ".join(f"{k} {float(v.detach()):.3f}" for k, v in out.parts.items())
-            print(f"  seed {seed} mask={use_mask} step {step}: loss {float(out.loss):.3f} ({parts})", flush=True)
+            print(f"  {text} seed {seed} mask={use_mask} step {step}: loss {float(out.loss.detach()):.3f} ({parts})", flush=True)
     return model
 
 
@@ -171,6 +194,10 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=Path("runs/ct/retrieval"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--width", type=int, default=128, help="encoder width (embed_dim = shared_dim)")
+    p.add_argument("--depth", type=int, default=4, help="vision transformer blocks")
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--text", nargs="+", choices=TEXTS, default=list(TEXTS), help="report sides to compare")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -179,46 +206,56 @@ def main(argv=None) -> dict:
     train_crops, test_crops, cross_crops = split_crops()
     words = ReportTextCodec({"modality": "report_text", "vocab_size": 256, "num_tokens": 112})
     words.fit_statistics(ReportText.from_texts(train_crops.reports))
-    data = {name: tokenized(c, words) for name, c in
+    wordllama = (mmtok.get_plugin_manager().build_codec("report-wordllama", {"num_tokens": MAX_STEPS})
+                 if "wordllama" in args.text else None)
+    data = {name: tokenized(c, words, wordllama) for name, c in
             (("train", train_crops), ("test", test_crops), ("cross", cross_crops))}
     print(f"crops: train {len(train_crops)}, held-out slab {len(test_crops)} "
           f"({len(set(test_crops.reports))} distinct reports), unseen patient {len(cross_crops)}")
     results: dict = {"train": len(train_crops), "test": len(test_crops), "cross": len(cross_crops),
-                     "steps": args.steps, "seeds": args.seeds, "runs": []}
+                     "steps": args.steps, "seeds": args.seeds, "texts": args.text,
+                     "width": args.width, "depth": args.depth, "batch": args.batch, "runs": [],
+                     "wordllama_fingerprint": wordllama.fingerprint() if wordllama else None}
     keep = None
-    for use_mask in (True, False):
-        for seed in args.seeds:
-            model = train(seed, data["train"], words.vocab_size, args.steps, use_mask)
-            run = {"seed": seed, "mask": use_mask}
-            for split in ("test", "cross"):
-                r = evaluate(model, data[split], use_mask)
-                if use_mask and seed == args.seeds[0] and split == "test":
-                    keep = (model, r)
-                run[split] = {k: v for k, v in r.items() if k != "sim"}
-            results["runs"].append(run)
-            print(f"seed {seed} mask={use_mask}: held-out i->t {run['test']['image_to_text']} "
-                  f"t->i {run['test']['text_to_image']}; unseen patient i->t {run['cross']['image_to_text']}")
+    for text in args.text:
+        for use_mask in (True, False):
+            for seed in args.seeds:
+                model = train(seed, data["train"], words.vocab_size, args.steps, use_mask, text, batch=args.batch,
+                              width=args.width, depth=args.depth)
+                run = {"text": text, "seed": seed, "mask": use_mask}
+                for split in ("test", "cross"):
+                    r = evaluate(model, data[split], use_mask, text)
+                    if keep is None and use_mask and split == "test":
+                        keep = (model, r)
+                    run[split] = {k: v for k, v in r.items() if k != "sim"}
+                results["runs"].append(run)
+                print(f"{text} seed {seed} mask={use_mask}: held-out i->t {run['test']['image_to_text']} "
+                      f"t->i {run['test']['text_to_image']}; unseen patient i->t {run['cross']['image_to_text']}",
+                      flush=True)
     summary = {}
-    for use_mask in (True, False):
-        runs = [r for r in results["runs"] if r["mask"] == use_mask]
-        name = "volume+mask" if use_mask else "volume only"
-        for split in ("test", "cross"):
-            for direction in ("image_to_text", "text_to_image"):
-                for k in KS:
-                    vals = [r[split][direction][f"R@{k}"] for r in runs]
-                    summary[f"{name}/{split}/{direction}/R@{k}"] = {
-                        "mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                        "chance": runs[0][split]["chance"][f"R@{k}"]}
+    for text in args.text:
+        for use_mask in (True, False):
+            runs = [r for r in results["runs"] if r["mask"] == use_mask and r["text"] == text]
+            name = "volume+mask" if use_mask else "volume only"
+            for split in ("test", "cross"):
+                for direction in ("image_to_text", "text_to_image"):
+                    for k in KS:
+                        vals = [r[split][direction][f"R@{k}"] for r in runs]
+                        summary[f"{text}/{name}/{split}/{direction}/R@{k}"] = {
+                            "mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                            "chance": runs[0][split]["chance"][f"R@{k}"]}
     results["summary"] = summary
     results["seconds"] = time.perf_counter() - start
     (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
-    print("\n| input | split | direction | R@1 | R@5 | R@10 |\n|---|---|---|---|---|---|")
+    print("\n| report side | input | split | direction | R@1 | R@5 | R@10 |\n|---|---|---|---|---|---|---|")
     for name in ("volume+mask", "volume only"):
         for split, label in (("test", "held-out slab"), ("cross", "unseen patient")):
             for direction in ("image_to_text", "text_to_image"):
-                cells = [summary[f"{name}/{split}/{direction}/R@{k}"] for k in KS]
-                print(f"| {name} | {label} | {direction.replace('_', ' ')} | " + " | ".join(
-                    f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} (chance {100 * c['chance']:.1f})" for c in cells) + " |")
+                for text in args.text:
+                    cells = [summary[f"{text}/{name}/{split}/{direction}/R@{k}"] for k in KS]
+                    print(f"| {text} | {name} | {label} | {direction.replace('_', ' ')} | " + " | ".join(
+                        f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} (chance {100 * c['chance']:.1f})"
+                        for c in cells) + " |")
     if not args.no_plots and keep is not None:
         plot(args.out, keep[0], data["test"], keep[1])
     print(f"({results['seconds']:.0f} s; {args.out / 'metrics.json'})")

@@ -6,13 +6,13 @@ from mmtok_plugin_ct import plugin
 
 MODALITIES = ["ct_volume", "anatomy_mask", "report_text"]
 CODECS = ["ct-volume-fsq", "ct-volume-continuous", "anatomy-mask-regions", "anatomy-mask-composition",
-          "report-words"]
+          "report-words", "report-wordllama"]
 SMALL = {"size": [8, 32, 32], "patch": [4, 16, 16], "spacing_mm": [3.0, 1.5, 1.5]}
 
 
 def test_conformance_kit():
     """Every codec at a small grid (the default 64x512x512 one is checked in test_ct_codecs)."""
-    small = {c: SMALL for c in CODECS if c != "report-words"}
+    small = {c: SMALL for c in CODECS if not c.startswith("report-")}
     checked = check_plugin(plugin, batch_size=2, codec_overrides=small)
     assert checked == [*(f"modality:{m}" for m in MODALITIES), *(f"codec:{c}" for c in CODECS),
                        "reader:nifti", "reader:dicom", "reader:report-text", "bundle:ct-encoder"]

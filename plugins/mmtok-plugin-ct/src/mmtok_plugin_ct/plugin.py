@@ -4,6 +4,7 @@ from mmtok import BundleSpec, CodecSpec, HeadSpec, ReaderSpec, SampleCheckSpec, 
 
 from mmtok_plugin_ct.codecs import AnatomyMaskCodec, CTVolumeCodec
 from mmtok_plugin_ct.modalities import AnatomyMask, CTVolume, ReportText, check_aligned
+from mmtok_plugin_ct.report_embedding import ReportEmbeddingCodec
 from mmtok_plugin_ct.readers import NIFTI_SUFFIXES, read_dicom_series, read_nifti, read_report
 from mmtok_plugin_ct.text import ReportTextCodec
 
@@ -33,6 +34,9 @@ def mmtok_codecs():
                   "fraction of each of the 20 region groups per 4x16x16 patch (continuous)"),
         CodecSpec("report-words", "report_text", ReportTextCodec, {"vocab_size": 512, "num_tokens": 64},
                   "word-level vocabulary fitted on the reports; 64 tokens, lines separated by <sep>"),
+        CodecSpec("report-wordllama", "report_text", ReportEmbeddingCodec, {"num_tokens": 8, "dim": 256},
+                  "frozen pretrained WordLlama (offline, extra [text]): one 256-d unit token per line "
+                  "(impression + 7 findings); decodes by retrieval of the nearest known line"),
     ]
 
 

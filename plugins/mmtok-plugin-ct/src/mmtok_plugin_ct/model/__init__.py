@@ -2,7 +2,7 @@
 aligner, the contrastive losses, and the ``ct-alignment`` head on mmtok's shared transformer."""
 
 from mmtok_plugin_ct.model.encoder import (CTEncoderConfig, CTReportAligner, CTVisionEncoder, CTVisionOutput,
-                                           ProjectionHead, ReportTextEncoder, TextOutput)
+                                           EmbeddedReportEncoder, ProjectionHead, ReportTextEncoder, TextOutput)
 from mmtok_plugin_ct.model.head import CTAlignmentHead
 from mmtok_plugin_ct.model.layers import (AnatomicalStructureEncoder, AttentionPool, MultiScaleAggregation,
                                           MultiScaleFeatures, RegionAwareAttention, RegionEncoding,
@@ -11,7 +11,7 @@ from mmtok_plugin_ct.model.losses import (AlignmentOutput, CrossModalContrastive
                                           MultiLevelAlignmentLoss)
 
 __all__ = ["CTEncoderConfig", "CTReportAligner", "CTVisionEncoder", "CTVisionOutput", "ProjectionHead",
-           "ReportTextEncoder", "TextOutput", "CTAlignmentHead", "AnatomicalStructureEncoder", "AttentionPool",
+           "ReportTextEncoder", "EmbeddedReportEncoder", "TextOutput", "CTAlignmentHead", "AnatomicalStructureEncoder", "AttentionPool",
            "MultiScaleAggregation", "MultiScaleFeatures", "RegionAwareAttention", "RegionEncoding",
            "SliceAwareAttention", "ThreeDPatchEmbedding", "ThreeDTransformerBlock", "AlignmentOutput",
            "CrossModalContrastiveLoss", "LogitScale", "MultiLevelAlignmentLoss"]

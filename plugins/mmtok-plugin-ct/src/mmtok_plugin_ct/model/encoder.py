@@ -2,12 +2,14 @@
 
     CTVisionEncoder: volume (b, 1, D, H, W) + region map (b, 1, D, H, W) -> CTVisionOutput
     ReportTextEncoder: token ids (b, T) + step index (b, T) -> TextOutput
+    EmbeddedReportEncoder: frozen line embeddings (b, S, E) (e.g. report-wordllama) -> TextOutput
     CTReportAligner: both + projection heads + MultiLevelAlignmentLoss -> AlignmentOutput
 
 Standalone (plain PyTorch): the shared-transformer head of the plugin is `mmtok_plugin_ct.model.head`.
 """
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from mmtok_plugin_ct.model.layers import (
 from mmtok_plugin_ct.model.losses import AlignmentOutput, MultiLevelAlignmentLoss
 
 __all__ = ["AlignmentOutput", "CTEncoderConfig", "CTReportAligner", "CTVisionEncoder", "CTVisionOutput",
-           "ProjectionHead", "ReportTextEncoder", "TextOutput"]
+           "EmbeddedReportEncoder", "ProjectionHead", "ReportTextEncoder", "TextOutput"]
 
 
 class CTEncoderConfig(BaseModel):
@@ -55,6 +57,10 @@ class CTEncoderConfig(BaseModel):
     vocab_size: int = Field(default=8192, ge=2)
     text_max_tokens: int = Field(default=256, ge=1)
     text_depth: int = Field(default=4, ge=1)
+    #: the report side: word ids (`ReportTextEncoder`, trained) or frozen per-line embeddings of
+    #: width ``text_embed_dim`` (`EmbeddedReportEncoder`: only its adapter is trained)
+    text_input: Literal["ids", "embeddings"] = "ids"
+    text_embed_dim: int = Field(default=256, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     temperature: float = Field(default=0.07, gt=0)
     loss_weights: dict[str, float] = Field(default_factory=lambda: {"global": 1.0, "region": 1.0, "step": 1.0})
@@ -218,6 +224,45 @@ class ReportTextEncoder(nn.Module):
         return TextOutput(text_global, steps, counts > 0, x, valid)
 
 
+class EmbeddedReportEncoder(nn.Module):
+    """Frozen per-line report embeddings -> a trainable adapter -> `TextOutput`, one feature per
+    line. embeddings (b, S, E): row 0 the impression, row s the s-th step, all-zero rows for
+    absent lines. Adapter: Linear-GELU-Linear to ``embed_dim``, 1-D sin-cos line positions,
+    ``depth`` transformer blocks across the lines, LayerNorm."""
+
+    def __init__(self, in_dim: int, max_lines: int, embed_dim: int, depth: int, num_heads: int,
+                 mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.in_dim, self.max_lines = in_dim, max_lines
+        self.adapter = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
+        self.register_buffer("position", grid_sincos((max_lines,), embed_dim), persistent=False)
+        self.blocks = nn.ModuleList(EncoderBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.apply(_init_weights)
+
+    def forward(self, embeddings: Float[Tensor, "b s e"], num_steps: int | None = None) -> TextOutput:
+        """``num_steps``: S of the output steps (default: all lines)."""
+        if embeddings.dim() != 3 or embeddings.shape[-1] != self.in_dim or not embeddings.is_floating_point():
+            raise ValueError(f"report embeddings: expected (b, lines, {self.in_dim}) float, found "
+                             f"{tuple(embeddings.shape)} {embeddings.dtype}")
+        b, s, _ = embeddings.shape
+        if s > self.max_lines:
+            raise ValueError(f"report embeddings: at most {self.max_lines} lines, found {s}")
+        valid = embeddings.abs().sum(-1) > 0
+        keys = valid | ~valid.any(1, keepdim=True)
+        x = self.adapter(embeddings) + self.position[:s]
+        for block in self.blocks:
+            x = block(x, keys)
+        x = self.norm(x)
+        num_steps = s if num_steps is None else num_steps
+        steps = F.pad(x, (0, 0, 0, max(num_steps - s, 0)))[:, :num_steps]
+        step_valid = F.pad(valid, (0, max(num_steps - s, 0)))[:, :num_steps]
+        w = valid.to(x.dtype)
+        mean_all = (w[..., None] * x).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+        text_global = torch.where(valid[:, :1], x[:, 0], mean_all)
+        return TextOutput(text_global, steps, step_valid, x, valid)
+
+
 # ---------------------------------------------------------------------------- aligner
 class ProjectionHead(nn.Module):
     """LayerNorm + Linear to the shared space, L2-normalised: (..., d) -> (..., e)."""
@@ -234,6 +279,8 @@ class ProjectionHead(nn.Module):
 def impression_groups(text_ids: Int[Tensor, "b t"], step_index: Int[Tensor, "b t"]) -> Int[Tensor, " b"]:
     """Samples whose impression tokens (all tokens when there is no step 0) are identical share a
     group id: duplicate captions, positives of each other in the global InfoNCE."""
+    if text_ids.is_floating_point():  # per-line embeddings (b, s, e): the impression row
+        return torch.unique(text_ids[:, 0], dim=0, return_inverse=True)[1]
     imp = step_index == 0
     has = (imp & (text_ids != 0)).any(1, keepdim=True)
     key = torch.where(has, torch.where(imp, text_ids, 0), text_ids)
@@ -251,8 +298,12 @@ class CTReportAligner(nn.Module):
         super().__init__()
         self.config = c = config or CTEncoderConfig()
         self.vision = CTVisionEncoder(c)
-        self.text = ReportTextEncoder(c.vocab_size, c.text_max_tokens, c.embed_dim, c.text_depth, c.num_heads,
-                                      c.mlp_ratio, c.dropout)
+        if c.text_input == "ids":
+            self.text = ReportTextEncoder(c.vocab_size, c.text_max_tokens, c.embed_dim, c.text_depth, c.num_heads,
+                                          c.mlp_ratio, c.dropout)
+        else:
+            self.text = EmbeddedReportEncoder(c.text_embed_dim, c.text_max_tokens, c.embed_dim, c.text_depth,
+                                              c.num_heads, c.mlp_ratio, c.dropout)
         self.global_head = ProjectionHead(c.embed_dim, c.shared_dim)
         self.local_head = ProjectionHead(c.embed_dim, c.shared_dim)
         self.text_head = ProjectionHead(c.embed_dim, c.shared_dim)
@@ -264,11 +315,13 @@ class CTReportAligner(nn.Module):
     def forward(self, volume: Float[Tensor, "b c D H W"], regions: Int[Tensor, "b 1 D H W"],
                 text_ids: Int[Tensor, "b t"], step_index: Int[Tensor, "b t"],
                 step_region: Int[Tensor, "b s"]) -> AlignmentOutput:
-        """``step_region`` (b, s): the region id each reasoning step mentions, -1 if none."""
+        """``step_region`` (b, s): the region id each reasoning step mentions, -1 if none. With
+        ``text_input: embeddings``, ``text_ids`` are the line embeddings (b, S, E) and
+        ``step_index`` is ignored (line s is step s)."""
         if step_region.dim() != 2 or step_region.shape[0] != volume.shape[0]:
             raise ValueError(f"step_region: expected (b={volume.shape[0]}, steps), found {tuple(step_region.shape)}")
         vis = self.vision(volume, regions)
-        txt = self.text(text_ids, step_index, num_steps=step_region.shape[1])
+        txt = self._text(text_ids, step_index, num_steps=step_region.shape[1])
         return self.loss_fn(
             vision_global=self.global_head(vis.global_features),
             text_global=self.text_head(txt.text_global),
@@ -288,4 +341,9 @@ class CTReportAligner(nn.Module):
 
     def embed_texts(self, text_ids: Int[Tensor, "b t"], step_index: Int[Tensor, "b t"]) -> Float[Tensor, "b e"]:
         """Report (impression) embeddings for retrieval (unit norm)."""
-        return self.text_head(self.text(text_ids, step_index).text_global)
+        return self.text_head(self._text(text_ids, step_index).text_global)
+
+    def _text(self, text_ids: Tensor, step_index: Tensor | None, num_steps: int | None = None) -> TextOutput:
+        if self.config.text_input == "embeddings":
+            return self.text(text_ids, num_steps=num_steps)
+        return self.text(text_ids, step_index, num_steps=num_steps)
