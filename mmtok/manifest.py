@@ -404,7 +404,7 @@ class Manifest:
             if entry.reader is None and not entry.options:
                 data = self._npy_fast(entry.path, manager)
                 if data is not None:
-                    return self._mapped(sample, key, entry, {"data": data}) if entry.fields else {"data": data}
+                    return self._mapped(sample, key, entry, {"data": data})
             reader = self._reader(entry.path, entry.reader, sample=sample.id, key=key, manager=manager)
             full = self.resolve(entry.path, sample=sample.id, key=key, directory=reader.directory)
             record = self._read(full, entry.path, sample=sample.id, key=key, manager=manager, reader=reader,

@@ -19,6 +19,7 @@ configuration::
 
 import argparse
 import ast
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -39,7 +40,7 @@ from mmtok.modality import Modality
 from mmtok.plugins import PluginManager, reset_plugin_manager
 from mmtok.tokens import TokenStream
 
-__all__ = ["ConformanceError", "check_modality", "check_codec", "check_plugin"]
+__all__ = ["ConformanceError", "check_modality", "check_codec", "check_plugin", "torch_threads"]
 
 try:  # only the fixture needs pytest; the kit works without it
     import pytest
@@ -60,6 +61,18 @@ if pytest is not None:
 
 class ConformanceError(AssertionError):
     """A modality, codec or plugin does not meet the mmtok contract."""
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count is ``n`` inside, restored afterwards: tests of tiny tensors
+    run on one thread (more only add synchronisation) whatever ``OMP_NUM_THREADS`` says."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _require(cond: bool, what: str) -> None:

@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmtok.testing import torch_threads
+
 pytestmark = pytest.mark.device
 
 DEVICE_ENV = "MMTOK_TEST_DEVICE"
@@ -77,10 +79,8 @@ def true_fp32():
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """The CPU references are tiny: one torch thread (more only add synchronisation)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 # ---------------------------------------------------------------------------- helpers

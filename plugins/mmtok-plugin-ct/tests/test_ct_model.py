@@ -29,16 +29,15 @@ from mmtok.model import (
     StreamSpec,
 )
 from mmtok.model.transformer import Features
+from mmtok.testing import torch_threads
 from mmtok.tokens import TokenBatch, TokenStream
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread for these tiny tensors (more only add synchronisation), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 IMG, PATCH = (8, 32, 32), (4, 16, 16)  # 2 x 2 x 2 patches

@@ -5,6 +5,7 @@ import torch
 from mmtok_plugin_hsi.model.head import HSIGuidanceHead
 
 from mmtok import Features, MmtokError, ModelConfig, MultimodalMaskedTransformer, StreamSpec, TokenBatch, TokenStream
+from mmtok.testing import torch_threads
 
 IR, ELEV = "tok_infrared_image", "tok_elevation_map"
 STREAMS = {"tok_hsi_cube": StreamSpec(vocab_size=16, grid=(2, 2, 2)),
@@ -17,10 +18,8 @@ B = 6
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread for these tiny tensors, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def _model(streams=STREAMS) -> MultimodalMaskedTransformer:
