@@ -260,3 +260,41 @@ def test_fsdp_two_ranks_match_one_process_resume_exactly_and_load_both_ways(toke
     w, _ = _checkpoint(tmp_path / "to_fsdp", 6)
     assert all(torch.allclose(w1[k], w[k], atol=1e-5) for k in w1)
     assert losses(tmp_path / "to_fsdp") == pytest.approx(l1, rel=1e-4)
+
+
+def test_class_weight_balances_the_loss_of_an_imbalanced_stream(tokens, tmp_path):
+    torch.manual_seed(0)
+    config = TrainConfig.model_validate({**CONFIG, "max_steps": 2, "class_weight": {"tok_demographics": "balanced"}})
+    trainer = Trainer(tokens, tmp_path / "run", config, progress=False)
+    lay, spec = trainer.model.layout, trainer.specs["tok_demographics"]
+    # balanced = n / (k n_c) over the token ids seen in the training rows, counted here independently
+    demo = trainer.data.batch(trainer.train_idx)["tok_demographics"]
+    n_c = torch.bincount(demo.ids[demo.present].long().flatten(), minlength=spec.vocab_size).double()
+    seen = n_c > 0
+    expected = torch.ones(spec.vocab_size, dtype=torch.float64)
+    expected[seen] = n_c.sum() / (int(seen.sum()) * n_c[seen])
+    start = int(lay.vocab_offset[lay.index("tok_demographics")])
+    w = trainer.token_weight
+    assert torch.allclose(w[start:start + spec.vocab_size].double(), expected, rtol=1e-6)
+    assert expected.min() < 0.9 and expected.max() > 1.1  # the stream is imbalanced: the test means something
+    others = torch.ones_like(w, dtype=torch.bool)
+    others[start:start + spec.vocab_size] = False
+    assert torch.equal(w[others], torch.ones(int(others.sum())))  # other streams untouched
+    # the weight multiplies each target's cross-entropy; counts stay unweighted
+    batch = trainer.data.batch(trainer.train_idx[:32])
+    masks = trainer.sampler(trainer.model.presence(batch), trainer.sampler.draw(32, 0))
+    trainer.model.eval()
+    plain = trainer.model(batch, masks)
+    double = trainer.model(batch, masks, token_weight=torch.full_like(w, 2.0))
+    assert torch.allclose(double.loss, 2 * plain.loss) and torch.equal(double.count, plain.count)
+    s = lay.index("tok_demographics")
+    assert plain.count[s] > 0
+    drop = trainer.model(batch, masks, token_weight=torch.where(others, 1.0, 0.0))
+    rest = torch.arange(len(lay)) != s
+    assert drop.loss_sum[s] == 0 and torch.allclose(drop.loss_sum[rest], plain.loss_sum[rest])
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trainer.fit() if "loss" in r)
+    for bad, message in (({"tok_nope": "balanced"}, "class_weight.tok_nope: no such stream"),
+                         ({"tok_demographics": [1.0, 2.0]}, f"expected {spec.vocab_size} weights >= 0")):
+        cfg = TrainConfig.model_validate({**CONFIG, "class_weight": bad})
+        with pytest.raises(mmtok.MmtokError, match=message):
+            Trainer(tokens, tmp_path / "bad", cfg, progress=False)

@@ -182,6 +182,15 @@ def main() -> None:
             c = ev.classification[method]
             runs.setdefault(method if method != "model" else "transformer (argmax)", []).append(
                 {k: c[k] for k in ("accuracy", "balanced_accuracy", "per_class_recall")})
+        # the same run with a class-balanced loss on the label token (class_weight: {tok_class: balanced})
+        weighted = out / f"model_weighted_seed{seed}"
+        print(f"$ mmtok train ... --out {weighted}   # seed {seed}, train.yaml + class_weight: "
+              "{tok_class: balanced}", flush=True)
+        wconfig = config.model_copy(update={"class_weight": {"tok_class": "balanced"}})
+        mmtok.Trainer(out / "tokens", weighted, wconfig, progress=False).fit()
+        c = evaluate_run(weighted, out / "tokens", ["tok_class"]).streams[0].classification["model"]
+        runs.setdefault("transformer, class-weighted loss (argmax)", []).append(
+            {k: c[k] for k in ("accuracy", "balanced_accuracy", "per_class_recall")})
         # the same posterior with the training label frequencies divided out (logit adjustment)
         model = mmtok.load_run(run)
         data = mmtok.TokenShards(out / "tokens", ["tok_beat", "tok_class"])

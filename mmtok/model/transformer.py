@@ -151,10 +151,13 @@ class MultimodalMaskedTransformer(nn.Module):
         return slice(start, start + self.streams[self.layout.keys[s]].vocab_size)
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: TokenBatch, masks: Masks, normalizer: Tensor | float | None = None) -> ModelOutput:
+    def forward(self, batch: TokenBatch, masks: Masks, normalizer: Tensor | float | None = None,
+                token_weight: Float[Tensor, "v"] | None = None) -> ModelOutput:
         """Masked-modelling loss: cross-entropy on discrete targets, ``continuous_loss`` on
         continuous ones, summed over valid targets and divided by ``normalizer`` (default: their
-        count; a distributed trainer passes the global count / world size)."""
+        count; a distributed trainer passes the global count / world size). ``token_weight``
+        (joint vocabulary size) scales each discrete target's cross-entropy by its token's weight
+        (class weighting of imbalanced streams); counts and accuracies stay unweighted."""
         masks = masks.to(self.position.device)
         b = masks.input_idx.shape[0]
         ids = self._ids(batch, b)
@@ -172,6 +175,8 @@ class MultimodalMaskedTransformer(nn.Module):
             logits = self.logits(h, safe)
             target = ids.gather(1, safe)
             ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+            if token_weight is not None:
+                ce = ce * token_weight.to(ce.device)[target]
             token_loss = torch.where(discrete, ce, token_loss)
             hit = (discrete & (logits.argmax(-1) == target)).float()
         for key, head in self.value_head.items():

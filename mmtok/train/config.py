@@ -3,16 +3,16 @@ optimiser, streams / bundle / heads, schedule, precision."""
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mmtok.config import StrictModel, problems
 from mmtok.errors import MmtokError
 from mmtok.model import MaskingConfig, ModelConfig
 
-__all__ = ["HeadConfig", "OptimConfig", "TrainConfig"]
+__all__ = ["HeadConfig", "OptimConfig", "TokenFolderConfig", "TrainConfig"]
 
 
 class OptimConfig(StrictModel):
@@ -35,6 +35,41 @@ class HeadConfig(StrictModel):
     config: dict[str, Any] = Field(default_factory=dict, description="the head's own options")
 
 
+class TokenFolderConfig(StrictModel):
+    """One token folder of a run over several (``tokens:`` in the config, ``--tokens`` repeated)."""
+
+    path: Path = Field(description="an mmtok encode output folder (relative paths: to the working directory)")
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="prefix of its sample ids and metrics (default: the folder's name, "
+                                         "its parent's if it is called tokens)")
+    weight: float | None = Field(default=None, gt=0, description="sampling share (default: from its size and "
+                                                                  "mixture_temperature); set on all folders or none")
+    val_group: str | None = Field(default=None, description="this folder's val_group (default: the run's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, v):
+        return {"path": v} if isinstance(v, (str, Path)) else v
+
+    @field_validator("val_group")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        return _regex(v)
+
+    def split(self, config: "TrainConfig") -> tuple[float, str | None]:
+        """(val_fraction, val_group) of this folder's held-out split."""
+        return config.val_fraction, self.val_group if self.val_group is not None else config.val_group
+
+
+def _regex(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            re.compile(v)
+        except re.error as err:
+            raise ValueError(f"val_group {v!r} is not a regular expression ({err})") from None
+    return v
+
+
 class TrainConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="transformer size (model.*)")
     masking: MaskingConfig = Field(default_factory=MaskingConfig, description="4M masking budgets (masking.*)")
@@ -44,6 +79,15 @@ class TrainConfig(StrictModel):
     #: a bundle name from a plugin: its streams and heads
     bundle: str | None = Field(default=None, description="a plugin bundle: its streams and heads")
     heads: dict[str, HeadConfig] = Field(default_factory=dict, description="plugin heads trained jointly, by name")
+    #: per discrete stream, weights of its target tokens in the training loss: "balanced" is
+    #: n / (k * n_c) over the k token ids seen in the training rows (scikit-learn's
+    #: class_weight="balanced"), or one weight per token id; held-out metrics stay unweighted
+    class_weight: dict[str, Literal["balanced"] | list[float]] = Field(
+        default_factory=dict, description='per discrete stream: "balanced" or one loss weight per token id')
+    #: token folders (``--tokens`` on the command line replaces this list); several are one run over
+    #: the union of their streams, sampled as a mixture (`mmtok.mixture`)
+    tokens: list[TokenFolderConfig] = Field(default_factory=list, description="token folders: paths, or {path, name, weight, val_group}")
+    mixture_temperature: float = Field(default=1.0, gt=0, description="folder shares ∝ size ** (1 / T) unless weighted: 1 = by size, large = uniform")
     batch_size: int = Field(default=64, ge=1, description="global batch (all ranks together)")
     max_steps: int = Field(default=1000, ge=1, description="total optimizer steps")
     seed: int = Field(default=0, description="seed of the sample order, masks, dropout and initial weights")
@@ -64,12 +108,20 @@ class TrainConfig(StrictModel):
     @field_validator("val_group")
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as err:
-                raise ValueError(f"val_group {v!r} is not a regular expression ({err})") from None
-        return v
+        return _regex(v)
+
+    @model_validator(mode="after")
+    def _folders(self) -> "TrainConfig":
+        weighted = [t.weight is not None for t in self.tokens]
+        if any(weighted) and not all(weighted):
+            raise ValueError("tokens: set weight on every folder or on none (then shares follow the "
+                             "folders' sizes and mixture_temperature)")
+        return self
+
+    def folder(self, path: str | Path) -> TokenFolderConfig:
+        """The ``tokens`` entry of the folder at ``path`` (matched by resolved path), else a plain one."""
+        want = Path(path).resolve()
+        return next((t for t in self.tokens if t.path.resolve() == want), TokenFolderConfig(path=Path(path)))
 
     def with_target_streams(self, keys: list[str]) -> "TrainConfig":
         """This config with ``keys`` added to ``masking.target_streams`` (`mmtok train --target-stream`)."""

@@ -28,10 +28,19 @@ class UnigramBaseline:
         self.layout, self.specs, self.batches = layout, specs, batches
         self.train_idx, self.chunk = list(train_idx), chunk
         self._logp: dict[str, torch.Tensor] | None = None
+        self._counts: dict[str, torch.Tensor] | None = None
 
     @property
     def log_probs(self) -> dict[str, torch.Tensor]:
+        """Per discrete stream, (vocab,) add-one smoothed log-frequencies of the training tokens."""
         if self._logp is None:
+            self._logp = {k: torch.log((h + 1) / (h.sum() + len(h))) for k, h in self.counts.items()}
+        return self._logp
+
+    @property
+    def counts(self) -> dict[str, torch.Tensor]:
+        """Per discrete stream, (vocab,) float64 counts of its present training tokens."""
+        if self._counts is None:
             counts: dict[str, torch.Tensor] = {}
             for start in range(0, len(self.train_idx), self.chunk):
                 batch = self.batches(self.train_idx[start:start + self.chunk])
@@ -42,8 +51,8 @@ class UnigramBaseline:
                     ids = stream.ids[stream.present].long().flatten()
                     h = torch.bincount(ids, minlength=spec.vocab_size).double()
                     counts[key] = counts.get(key, 0) + h
-            self._logp = {k: torch.log((h + 1) / (h.sum() + len(h))) for k, h in counts.items()}
-        return self._logp
+            self._counts = counts
+        return self._counts
 
     def scores(self, batch, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
         lay = self.layout

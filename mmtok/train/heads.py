@@ -27,8 +27,8 @@ class TrainModule(nn.Module):
         self.model = model
         self.heads = nn.ModuleDict(heads)
 
-    def forward(self, batch, masks, normalizer, head_weights: dict[str, float]):
-        out = self.model(batch, masks, normalizer)
+    def forward(self, batch, masks, normalizer, head_weights: dict[str, float], token_weight=None):
+        out = self.model(batch, masks, normalizer, token_weight)
         loss, head_losses = out.loss, {}
         for name, head in self.heads.items():
             h = (head.loss(out.features, batch, model=self.model) if getattr(head, "uses_model", False)

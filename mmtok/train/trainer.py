@@ -91,6 +91,37 @@ class Trainer:
             self._resume()
         self.wrapped = self._wrap()
         self.unigram = UnigramBaseline(self.model.layout, self.specs, self.data.batch, self.train_idx)
+        self.token_weight = self._token_weight()
+
+    def _token_weight(self) -> torch.Tensor | None:
+        """(joint vocab,) loss weights of the target tokens from ``class_weight`` (None: all 1)."""
+        cw = self.config.class_weight
+        if not cw:
+            return None
+        lay = self.model.layout
+        weight = torch.ones(max(lay.total_vocab, 1))
+        for key, how in cw.items():
+            if key not in self.specs:
+                raise MmtokError(f"class_weight.{key}: no such stream; the run's streams are {list(self.specs)}")
+            spec = self.specs[key]
+            if not spec.is_discrete:
+                raise MmtokError(f"class_weight.{key}: the stream is continuous; class weights need token ids")
+            if how == "balanced":
+                n_c = self.unigram.counts[key]
+                seen = n_c > 0
+                if not seen.any():
+                    raise MmtokError(f"class_weight.{key}: the stream has no tokens in the training samples")
+                w = torch.ones(spec.vocab_size, dtype=torch.float64)
+                w[seen] = n_c.sum() / (int(seen.sum()) * n_c[seen])
+            else:
+                if len(how) != spec.vocab_size or (how and min(how) < 0):
+                    raise MmtokError(f"class_weight.{key}: expected {spec.vocab_size} weights >= 0 (one per "
+                                     f"token id of its vocabulary), found {len(how)}"
+                                     + (f" with minimum {min(how)}" if how else ""))
+                w = torch.tensor(how, dtype=torch.float64)
+            start = int(lay.vocab_offset[lay.index(key)])
+            weight[start:start + spec.vocab_size] = w.float()
+        return weight.to(self.device)
 
     # ---------------------------------------------------------------- setup
     def _shard(self) -> None:
@@ -155,7 +186,7 @@ class Trainer:
             g["lr"] = self.lr_at(step)
         self.module.train()
         with self._autocast():
-            loss, out, head_losses = self.wrapped(batch, masks, normalizer, self.head_weights)
+            loss, out, head_losses = self.wrapped(batch, masks, normalizer, self.head_weights, self.token_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
