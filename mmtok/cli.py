@@ -428,14 +428,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             last = evals[-1]
             print("| stream | target tokens | held-out loss | accuracy | unigram loss | unigram accuracy |")
             print("|---|---:|---:|---:|---:|---:|")
-            for key in trainer.model.layout.keys:
-                if f"val/loss/{key}" not in last:
-                    continue
-                acc = last.get(f"val/acc/{key}")
-                fmt = (lambda v: "" if v is None else f"{v:.3f}")
-                tokens = last.get(f"val/tokens/{key}")
-                print(f"| {key} | {'' if tokens is None else int(tokens)} | {last[f'val/loss/{key}']:.3f} | {fmt(acc)} | "
-                      f"{fmt(last.get(f'val/unigram_loss/{key}'))} | {fmt(last.get(f'val/unigram_acc/{key}'))} |")
+            fmt = (lambda v: "" if v is None else f"{v:.3f}")
+            several = len(trainer.folders) > 1
+            for prefix in [f"val/{f.name}/" for f in trainer.folders] if several else ["val/"]:
+                for key in trainer.model.layout.keys:
+                    if f"{prefix}loss/{key}" not in last:
+                        continue
+                    tokens = last.get(f"{prefix}tokens/{key}")
+                    name = f"{prefix[4:-1]}: {key}" if several else key
+                    print(f"| {name} | {'' if tokens is None else int(tokens)} | {last[f'{prefix}loss/{key}']:.3f} | "
+                          f"{fmt(last.get(f'{prefix}acc/{key}'))} | {fmt(last.get(f'{prefix}unigram_loss/{key}'))} | "
+                          f"{fmt(last.get(f'{prefix}unigram_acc/{key}'))} |")
     return 0
 
 
@@ -710,8 +713,12 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
                  "checkpoint. Config: the fields of mmtok.train.TrainConfig (model, masking, optim, ...).",
                  examples="mmtok train --tokens runs/clinic/tokens --out runs/clinic/model --config train.yaml\n"
                           "mmtok train --tokens tokens --out run --target-stream tok_label   # predict tok_label\n"
-                          "torchrun --nproc-per-node 8 -m mmtok train --tokens tokens --out run --config train.yaml")
-    p.add_argument("--tokens", type=Path, required=True, help="an mmtok encode output folder")
+                          "torchrun --nproc-per-node 8 -m mmtok train --tokens tokens --out run --config train.yaml\n"
+                          "mmtok train --tokens runs/clinic/tokens --tokens runs/ecg/tokens --out runs/joint   # one model, two folders")
+    p.add_argument("--tokens", type=Path, action="append", default=None,
+                   help="an mmtok encode output folder; repeat it to train one model on several (their "
+                        "streams' union, sampled as a mixture: tokens / mixture_temperature in the config); "
+                        "default: the config's tokens")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumes if it holds a checkpoint)")
     p.add_argument("--config", type=Path, default=None,
                    help="training config YAML (mmtok.train.TrainConfig; default: every setting's default)")

@@ -120,7 +120,7 @@ def evaluate_run(run: str | os.PathLike, tokens: str | os.PathLike, streams: lis
         if key not in data.streams:
             raise MmtokError(f"{tokens}: has no stream {key!r}; it has {sorted(data.streams)}")
     config = TrainConfig.load(Path(run) / "config.yaml")
-    val = [held_out(s, config.val_fraction, config.val_group) for s in data.sample_ids]
+    val = [held_out(s, *config.folder(tokens).split(config)) for s in data.sample_ids]  # that folder's split
     if not any(val):
         raise MmtokError(f"{run}: its config holds out no sample (val_fraction {config.val_fraction}); "
                          "nothing to evaluate on")

@@ -30,11 +30,12 @@ from mmtok.distributed import full_tensor, init_distributed, pick_device
 from mmtok.errors import MmtokError, warn
 from mmtok.io import (DamagedFileError, OutputLock, atomic_write, checkpoint_folders, full_optimizer_state,
                       read_checkpoint, read_json, write_checkpoint)
+from mmtok.mixture import MixtureSchedule, TokenFolders, folder_name
 from mmtok.model import MaskSampler, MultimodalMaskedTransformer
 from mmtok.plugins import PluginManager, get_plugin_manager
-from mmtok.shards import TokenShards, held_out
+from mmtok.shards import held_out
 from mmtok.tokens import TokenBatch
-from mmtok.train.config import TrainConfig
+from mmtok.train.config import TokenFolderConfig, TrainConfig
 from mmtok.train.evaluation import UnigramBaseline
 from mmtok.train.heads import TrainModule, apply_bundle, build_heads, head_metrics
 
@@ -45,12 +46,32 @@ def _seed(config_seed: int, step: int, salt: int = 0) -> int:
     return (config_seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**62)
 
 
+def _folders(tokens, config: TrainConfig) -> list[TokenFolderConfig]:
+    """The run's token folders, named: ``tokens`` (a path or several; None: the config's
+    ``tokens``), each with its ``tokens:`` entry's options where the config has one."""
+    if tokens is None:
+        folders = list(config.tokens)
+    else:
+        paths = [tokens] if isinstance(tokens, (str, Path)) else list(tokens)
+        folders = [config.folder(p) for p in paths]
+    if not folders:
+        raise MmtokError("no token folder: pass --tokens (or tokens: in the training config)")
+    named = [f.model_copy(update={"name": f.name or folder_name(f.path)}) for f in folders]
+    seen: dict[str, Path] = {}
+    for f in named:
+        if f.name in seen:
+            raise MmtokError(f"token folders {seen[f.name]} and {f.path} are both named {f.name!r}; give each a "
+                             "distinct name (tokens: [{path: ..., name: ...}] in the training config)")
+        seen[f.name] = f.path
+    return named
+
 
 # ---------------------------------------------------------------------------- trainer
 class Trainer:
     """Train `MultimodalMaskedTransformer` on a token folder. See the module docstring."""
 
-    def __init__(self, tokens: str | Path, out: str | Path, config: TrainConfig, progress: bool = True,
+    def __init__(self, tokens: str | Path | list[str | Path] | None, out: str | Path, config: TrainConfig,
+                 progress: bool = True,
                  manager: PluginManager | None = None):
         manager = manager or get_plugin_manager()
         self.config = config = apply_bundle(config, manager)
@@ -61,14 +82,24 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if config.batch_size % self.dist.world:
             raise MmtokError(f"batch_size {config.batch_size} must be divisible by the {self.dist.world} ranks")
-        self.data = TokenShards(tokens, config.streams)
+        self.folders = _folders(tokens, config)
+        self.config = config = config.model_copy(update={"tokens": self.folders})  # config.yaml records them
+        self.data = TokenFolders({f.name: f.path for f in self.folders}, config.streams)
         self.data.verify()  # every shard's header and id range, before any step
-        ids = self.data.sample_ids
-        val = [held_out(s, config.val_fraction, group=config.val_group) for s in ids]
+        val = [held_out(s, *self.folders[f].split(config)) for s, f in zip(self.data.local_ids, self.data.folder_of)]
         self.val_idx = [i for i, v in enumerate(val) if v]
         self.train_idx = [i for i, v in enumerate(val) if not v]
-        if not self.train_idx:
-            raise MmtokError(f"{tokens}: no training samples (val_fraction {config.val_fraction})")
+        train_of = [[i for i in self.data.indices_of(f) if not val[i]] for f in range(len(self.folders))]
+        for f, t in zip(self.folders, train_of):
+            if not t:
+                raise MmtokError(f"{f.path}: no training samples (val_fraction {config.val_fraction})")
+        weights = [f.weight for f in self.folders]
+        if None in weights and any(w is not None for w in weights):
+            raise MmtokError("tokens: set weight on every folder or on none (then shares follow the folders' "
+                             "sizes and mixture_temperature)")
+        self.schedule = MixtureSchedule(train_of, None if None in weights else weights, config.mixture_temperature,
+                                        lambda epoch, salt: _seed(config.seed, epoch, salt))
+        self.val_of = [[i for i in self.data.indices_of(f) if val[i]] for f in range(len(self.folders))]
         self.specs = self.data.specs()
         torch.manual_seed(config.seed)
         self.model = MultimodalMaskedTransformer(self.specs, config.model)
@@ -86,11 +117,13 @@ class Trainer:
             [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": rest, "weight_decay": 0.0}],
             lr=config.optim.lr, betas=config.optim.betas, fused=True)  # one kernel per step, CPU and CUDA
         self.step = 0
-        self._perm: tuple[int, list[int]] = (-1, [])
         with self._lock():
             self._resume()
         self.wrapped = self._wrap()
         self.unigram = UnigramBaseline(self.model.layout, self.specs, self.data.batch, self.train_idx)
+        # each folder's held-out streams are scored against that folder's own training frequencies
+        self.unigrams = ([self.unigram] if len(train_of) == 1 else
+                         [UnigramBaseline(self.model.layout, self.specs, self.data.batch, t) for t in train_of])
         self.token_weight = self._token_weight()
 
     def _token_weight(self) -> torch.Tensor | None:
@@ -156,16 +189,9 @@ class Trainer:
         return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def global_batch(self, step: int) -> list[int]:
-        """Training sample indices of ``step``: epochs of seeded permutations, back to back."""
-        n, b = len(self.train_idx), self.config.batch_size
-        return [self.train_idx[self._permutation(epoch)[i]]
-                for epoch, i in (divmod(pos, n) for pos in range(step * b, (step + 1) * b))]
-
-    def _permutation(self, epoch: int) -> list[int]:
-        if self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(_seed(self.config.seed, epoch, salt=1))
-            self._perm = (epoch, torch.randperm(len(self.train_idx), generator=g).tolist())
-        return self._perm[1]
+        """Training sample indices of ``step``: the mixture's seeded epochs, back to back
+        (`mmtok.mixture.MixtureSchedule`; one folder: seeded permutations of its training samples)."""
+        return self.schedule.batch(step, self.config.batch_size)
 
     def _to(self, batch: TokenBatch) -> TokenBatch:
         return batch.to(self.device)
@@ -216,23 +242,37 @@ class Trainer:
     def evaluate(self) -> dict:
         """Held-out masked-token loss / accuracy per stream (fixed masks), with the unigram
         baseline (the train-set token frequencies of each stream) and the number of target tokens
-        each stream's metrics rest on (``val/tokens/KEY``)."""
+        each stream's metrics rest on (``val/tokens/KEY``). With several token folders, each
+        folder's held-out samples are also reported apart (``val/<folder>/loss/KEY``, ...), against
+        that folder's own unigram; ``eval_batches`` applies per folder."""
         if not self.val_idx:
             return {}
+        n = len(self.model.layout)
+        totals = torch.zeros(len(self.folders), 5, n, dtype=torch.float64)
+        for f, val in enumerate(self.val_of):
+            if val:
+                totals[f] = self._evaluate_samples(val, self.unigrams[f])
+        rec = self._metrics(totals.sum(0), "val/")
+        if len(self.folders) > 1:
+            for f, folder in enumerate(self.folders):
+                rec.update(self._metrics(totals[f], f"val/{folder.name}/"))
+        return rec
+
+    def _evaluate_samples(self, val: list[int], unigram: UnigramBaseline) -> torch.Tensor:
+        """(5, streams) summed loss, count, correct, unigram nll, unigram hits over ``val``."""
         cfg = self.config
         self.module.eval()
-        n = len(self.model.layout)
-        totals = torch.zeros(5, n, dtype=torch.float64)  # loss, count, correct, unigram nll, unigram hits
+        totals = torch.zeros(5, len(self.model.layout), dtype=torch.float64)
         b = cfg.batch_size
-        mine = self.val_idx[self.dist.rank::self.dist.world]
+        mine = val[self.dist.rank::self.dist.world]
         # under FSDP a forward is a collective: every rank runs as many as the rank with the most
-        longest = -(-len(self.val_idx) // self.dist.world) if self.fsdp else len(mine)
+        longest = -(-len(val) // self.dist.world) if self.fsdp else len(mine)
         for k, start in enumerate(range(0, longest, b)):
             if k >= cfg.eval_batches:
                 break
             idx = mine[start:start + b]
             counted = bool(idx)  # else (FSDP only) a forward to keep in step with the others, not counted
-            idx = idx or self.val_idx[:1]
+            idx = idx or val[:1]
             batch = self._to(self.data.batch(idx))
             draw = self.sampler.draw(len(idx), _seed(cfg.seed + 1, start, salt=3))
             masks = self.sampler(self.model.presence(batch).cpu(), draw).to(self.device)
@@ -241,21 +281,24 @@ class Trainer:
             if not counted:
                 continue
             totals[:3] += torch.stack([out.loss_sum, out.count, out.correct]).double().cpu()
-            nll, hits = self.unigram.scores(batch, masks)
+            nll, hits = unigram.scores(batch, masks)
             totals[3] += nll
             totals[4] += hits
         self.dist.all_sum(totals)
+        return totals
+
+    def _metrics(self, totals: torch.Tensor, prefix: str) -> dict:
         rec = {}
         for s, key in enumerate(self.model.layout.keys):
             c = totals[1, s]
             if c == 0:
                 continue
-            rec[f"val/loss/{key}"] = float(totals[0, s] / c)
-            rec[f"val/tokens/{key}"] = int(c)  # what the metrics rest on: a handful of tokens is noise
+            rec[f"{prefix}loss/{key}"] = float(totals[0, s] / c)
+            rec[f"{prefix}tokens/{key}"] = int(c)  # what the metrics rest on: a handful of tokens is noise
             if self.specs[key].is_discrete:
-                rec[f"val/acc/{key}"] = float(totals[2, s] / c)
-                rec[f"val/unigram_loss/{key}"] = float(totals[3, s] / c)
-                rec[f"val/unigram_acc/{key}"] = float(totals[4, s] / c)
+                rec[f"{prefix}acc/{key}"] = float(totals[2, s] / c)
+                rec[f"{prefix}unigram_loss/{key}"] = float(totals[3, s] / c)
+                rec[f"{prefix}unigram_acc/{key}"] = float(totals[4, s] / c)
         return rec
 
     # ---------------------------------------------------------------- checkpoints
@@ -390,7 +433,7 @@ class Trainer:
         return records
 
 
-def train(tokens: str | Path, out: str | Path, config: TrainConfig | None = None,
+def train(tokens: str | Path | list[str | Path] | None, out: str | Path, config: TrainConfig | None = None,
           max_steps: int | None = None, progress: bool = True) -> Trainer:
     """Train (or resume) a run; returns the trainer."""
     trainer = Trainer(tokens, out, config or TrainConfig(), progress=progress)
