@@ -123,6 +123,21 @@ def scores(truth: np.ndarray, pred: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ main
+def prepare(out: Path, codec_steps: int = 600) -> Path:
+    """manifest -> validate -> fit the two codecs (into ``out``/codecs) -> encode; returns the token
+    folder ``out``/tokens. (examples/all/run.py calls this too.)"""
+    make_manifest.main()
+    mmtok_cli("validate", "manifest.json", "--quiet")
+    # the beat codec sees the training minutes only; the class codec's table is the set of labels
+    mmtok_cli("fit-codec", "manifest_codec.json", "--registry", "registry.yaml", "--stream", "tok_beat",
+              "--out", str(out / "codecs" / "beat"), "--steps", str(codec_steps), "--val-fraction", "0",
+              "--deterministic", "--quiet")
+    mmtok_cli("fit-codec", "manifest.json", "--stream", "tok_class", "--out", str(out / "codecs" / "class"),
+              "--val-fraction", "0", "--quiet")
+    mmtok_cli("encode", "manifest.json", "--out", str(out / "tokens"), "--quiet")
+    return out / "tokens"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE.parents[1] / "runs" / "ecg")
@@ -137,15 +152,7 @@ def main() -> None:
         raise SystemExit("registry.yaml points at runs/ecg/codecs; keep --out runs/ecg or edit registry.yaml")
     shutil.rmtree(out, ignore_errors=True)
 
-    make_manifest.main()
-    mmtok_cli("validate", "manifest.json", "--quiet")
-    # the beat codec sees the training minutes only; the class codec's table is the set of labels
-    mmtok_cli("fit-codec", "manifest_codec.json", "--registry", "registry.yaml", "--stream", "tok_beat",
-              "--out", str(out / "codecs" / "beat"), "--steps", str(args.codec_steps), "--val-fraction", "0",
-              "--deterministic", "--quiet")
-    mmtok_cli("fit-codec", "manifest.json", "--stream", "tok_class", "--out", str(out / "codecs" / "class"),
-              "--val-fraction", "0", "--quiet")
-    mmtok_cli("encode", "manifest.json", "--out", str(out / "tokens"), "--quiet")
+    prepare(out, args.codec_steps)
 
     manifest = json.loads((HERE / "manifest.json").read_text())
     has = {s["id"]: set(s["modalities"]) for s in manifest["samples"]}
