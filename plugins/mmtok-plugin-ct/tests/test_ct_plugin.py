@@ -7,6 +7,7 @@ from mmtok_plugin_ct import plugin
 MODALITIES = ["ct_volume", "anatomy_mask", "report_text"]
 CODECS = ["ct-volume-fsq", "ct-volume-continuous", "anatomy-mask-regions", "anatomy-mask-composition",
           "report-words", "report-wordllama"]
+PRETRAINED = ["ct/abdomen-ct-fsq", "ct/abdomen-report-words", "ct/abdomen-mask-regions"]
 SMALL = {"size": [8, 32, 32], "patch": [4, 16, 16], "spacing_mm": [3.0, 1.5, 1.5]}
 
 
@@ -15,7 +16,7 @@ def test_conformance_kit():
     small = {c: SMALL for c in CODECS if not c.startswith("report-")}
     checked = check_plugin(plugin, batch_size=2, codec_overrides=small)
     assert checked == [*(f"modality:{m}" for m in MODALITIES), *(f"codec:{c}" for c in CODECS),
-                       "reader:nifti", "reader:dicom", "reader:report-text", "bundle:ct-encoder"]
+                       *(f"pretrained:{p}" for p in PRETRAINED), "reader:nifti", "reader:dicom", "reader:report-text", "bundle:ct-encoder"]
 
 
 def test_discovered_through_entry_point():
@@ -28,6 +29,7 @@ def test_discovered_through_entry_point():
     assert info.provides["readers"] == ["nifti", "dicom", "report-text"]
     assert info.provides["heads"] == ["ct-alignment"]
     assert info.provides["bundles"] == ["ct-encoder"]
+    assert info.provides["pretrained"] == PRETRAINED
     assert info.provides["sample_checks"] == ["ct-mask-on-volume-grid"]
     assert manager.reader_for("scan.nii.gz").name == "nifti"
     assert manager.reader_for("SCAN.NII").name == "nifti"
@@ -36,7 +38,8 @@ def test_discovered_through_entry_point():
 
 def test_wheel_installs_and_is_discovered(tmp_path):
     """`pip wheel` gives mmtok_plugin_ct-*.whl; installed (not editable), `mmtok plugins` lists
-    the CT modalities, codecs, readers, head and bundle, and the label table ships with it."""
+    the CT modalities, codecs, readers, head and bundle, and the label table and the pretrained
+    codecs ship with it."""
     import json
     import os
     import subprocess
@@ -61,9 +64,12 @@ def test_wheel_installs_and_is_discovered(tmp_path):
     assert not ct["errors"]
     assert ct["provides"]["modalities"] == MODALITIES and ct["provides"]["codecs"] == CODECS
     assert ct["provides"]["heads"] == ["ct-alignment"] and ct["provides"]["bundles"] == ["ct-encoder"]
-    code = ("import mmtok_plugin_ct as c\nfrom mmtok_plugin_ct.regions import totalseg_label_names\n"
-            "print(c.__file__)\nprint(len(totalseg_label_names()))\n")
+    assert ct["provides"]["pretrained"] == PRETRAINED
+    code = ("import mmtok, mmtok_plugin_ct as c\nfrom mmtok_plugin_ct.regions import totalseg_label_names\n"
+            "print(c.__file__)\nprint(len(totalseg_label_names()))\nm = mmtok.get_plugin_manager()\n"
+            "print(m.pretrained('ct/abdomen-ct-fsq').path)\nprint(m.load_pretrained('ct/abdomen-ct-fsq').num_tokens)\n")
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    module_file, labels = run.stdout.split("\n")[:2]
+    module_file, labels, pretrained_dir, tokens = run.stdout.split("\n")[:4]
     assert module_file.startswith(str(site)) and labels == "117"
+    assert pretrained_dir.startswith(str(site)) and tokens == "1568"  # the checkpoints ship in the wheel

@@ -1,6 +1,8 @@
 """What mmtok-plugin-ct registers (entry point ``ct`` in group ``mmtok``)."""
 
-from mmtok import BundleSpec, CodecSpec, HeadSpec, ReaderSpec, SampleCheckSpec, hookimpl
+from pathlib import Path
+
+from mmtok import BundleSpec, CodecSpec, HeadSpec, PretrainedSpec, ReaderSpec, SampleCheckSpec, hookimpl
 
 from mmtok_plugin_ct.codecs import AnatomyMaskCodec, CTVolumeCodec
 from mmtok_plugin_ct.modalities import AnatomyMask, CTVolume, ReportText, check_aligned
@@ -11,6 +13,24 @@ from mmtok_plugin_ct.text import ReportTextCodec
 FSQ = {"kind": "fsq", "levels": [8, 5, 5, 5]}
 #: the seed's input: 64 x 512 x 512 voxels; at 3 x 0.75 x 0.75 mm that is 192 x 384 x 384 mm
 GEOMETRY = {"size": [64, 512, 512], "patch": [4, 16, 16], "spacing_mm": [3.0, 0.75, 0.75]}
+PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
+
+#: pretrained name -> (directory under data/pretrained/, description); written by
+#: scripts/fit_pretrained.py (byte-reproducible), measured in each directory's metrics.json.
+#: anatomy-mask-regions has no state (the geometry is the codec): only its config ships (with an
+#: empty model.safetensors), because `mmtok encode` requires a checkpoint for every stream.
+PRETRAINED = {
+    "ct/abdomen-ct-fsq": (
+        "abdomen-ct-fsq", "ct-volume-fsq (hidden 32) at 32x224x224, 3x1.5x1.5 mm (1568 tokens of 1000): "
+        "fitted 500 steps on 5974 real 8x64x64 crops of a TotalSegmentator abdominal CT (slices 0-21); "
+        "held out: its slices 22-29 and another patient's DICOM series (examples/ct)"),
+    "ct/abdomen-report-words": (
+        "abdomen-report-words", "report-words, vocabulary 256 (70 words used), 112 tokens: fitted on the "
+        "templated findings reports of the same 5974 training crops (no real radiology reports exist)"),
+    "ct/abdomen-mask-regions": (
+        "abdomen-mask-regions", "anatomy-mask-regions at the same 32x224x224, 3x1.5x1.5 mm geometry (1568 "
+        "tokens of 20): stateless, nothing fitted; shipped so a registry stream can name it as checkpoint"),
+}
 
 
 @hookimpl
@@ -38,6 +58,12 @@ def mmtok_codecs():
                   "frozen pretrained WordLlama (offline, extra [text]): one 256-d unit token per line "
                   "(impression + 7 findings); decodes by retrieval of the nearest known line"),
     ]
+
+
+@hookimpl
+def mmtok_pretrained():
+    return [PretrainedSpec(name, PRETRAINED_DIR / directory, description)
+            for name, (directory, description) in PRETRAINED.items()]
 
 
 @hookimpl
