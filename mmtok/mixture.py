@@ -14,6 +14,11 @@ several, folder f contributes ``k_f = max(1, round(E * p_f))`` samples to each e
 down-weighted large one is visited in turn), and the epoch is the seeded shuffle of them all. The
 shares ``p_f`` are explicit ``weight``s, or ``n_f ** (1 / temperature)`` normalised: temperature 1
 samples in proportion to size, larger ones flatten towards uniform (multilingual / 4M-style mixtures).
+With ``per_folder`` (``mixture_batches: per_folder``) each batch comes from one folder instead,
+folder f taking ``max(1, round(S * p_f))`` of every epoch's ``S = ceil(E / batch)`` steps in a seeded
+order: a batch is then padded only to its own folder's token counts (mixing a 6-token clinic row
+with a 1,568-token CT row pads the clinic row to the CT row's budget), at the price of gradients
+that see one domain per step.
 """
 
 from collections.abc import Callable, Sequence
@@ -155,9 +160,10 @@ class MixtureSchedule:
     """
 
     def __init__(self, train: Sequence[Sequence[int]], weights: Sequence[float] | None, temperature: float,
-                 seed_of: Callable[[int, int], int]):
+                 seed_of: Callable[[int, int], int], per_folder: bool = False):
         self.train = [list(t) for t in train]
         self.seed_of = seed_of
+        self.per_folder = per_folder and len(self.train) > 1
         sizes = [len(t) for t in self.train]
         self.epoch_size = sum(sizes)
         raw = list(weights) if weights is not None else [n ** (1.0 / temperature) if n else 0.0 for n in sizes]
@@ -186,16 +192,46 @@ class MixtureSchedule:
             if len(self.train) == 1:
                 order = self._permutation(0, e)
             else:
-                drawn = []
-                for f, k in enumerate(self.per_epoch):
-                    n = len(self.train[f])
-                    drawn += [self._permutation(f, j // n)[j % n] for j in range(e * k, (e + 1) * k)]
+                drawn = [self._stream(f, j) for f, k in enumerate(self.per_epoch) for j in range(e * k, (e + 1) * k)]
                 g = torch.Generator().manual_seed(self.seed_of(e, 999))
                 order = [drawn[i] for i in torch.randperm(len(drawn), generator=g).tolist()]
             self._epoch = (e, order)
         return self._epoch[1]
 
+    def _stream(self, folder: int, j: int) -> int:
+        """The ``j``-th sample of folder ``folder``'s cycling seeded permutations."""
+        n = len(self.train[folder])
+        return self._permutation(folder, j // n)[j % n]
+
+    def _folder_steps(self, batch_size: int) -> list[int]:
+        """Per-folder batches: each folder's batches in one epoch of steps."""
+        steps = max(1, -(-self.epoch_size // batch_size))
+        return [max(1, round(steps * p)) if k else 0 for p, k in zip(self.shares, self.per_epoch)]
+
+    def _step_order(self, e: int, batch_size: int) -> list[tuple[int, int]]:
+        """Per-folder batches: (folder, its batch number in the epoch) of each step of step-epoch
+        ``e`` (a seeded shuffle)."""
+        if self._epoch[0] != ("steps", e):
+            order = [f for f, k in enumerate(self._folder_steps(batch_size)) for _ in range(k)]
+            g = torch.Generator().manual_seed(self.seed_of(e, 998))
+            order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
+            seen: dict[int, int] = {}
+            rank = []  # how many earlier steps of this epoch went to the same folder
+            for f in order:
+                rank.append(seen.get(f, 0))
+                seen[f] = rank[-1] + 1
+            self._epoch = (("steps", e), list(zip(order, rank)))
+        return self._epoch[1]
+
     def batch(self, step: int, batch_size: int) -> list[int]:
-        """Global indices of ``step``'s batch: epochs back to back."""
+        """Global indices of ``step``'s batch: epochs back to back. With ``per_folder``, every
+        batch comes from one folder (the folders' steps per epoch follow the shares), so a batch
+        is padded only to its own folder's token counts."""
+        if self.per_folder:
+            per = self._folder_steps(batch_size)
+            e, i = divmod(step, sum(per))
+            f, rank = self._step_order(e, batch_size)[i]
+            j = e * per[f] + rank  # the folder's batch number
+            return [self._stream(f, j * batch_size + r) for r in range(batch_size)]
         n = self.epoch_size
         return [self.epoch(e)[i] for e, i in (divmod(pos, n) for pos in range(step * batch_size, (step + 1) * batch_size))]

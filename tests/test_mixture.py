@@ -81,6 +81,19 @@ def test_the_mixture_schedule_is_seeded_and_follows_the_shares():
     assert [again.batch(s, 16) for s in (7, 3, 50)] == [equal.batch(s, 16) for s in (7, 3, 50)]  # pure in the step
     other = MixtureSchedule(train, [1.0, 1.0], 1.0, lambda e, salt: 7 + 1000 * e + salt)
     assert other.batch(0, 16) != equal.batch(0, 16)
+    # per-folder batches: each batch from one folder, the folders' steps in their shares, no sample
+    # of a folder repeated before all of it has been drawn
+    per = MixtureSchedule(train, [3.0, 1.0], 1.0, seed_of, per_folder=True)
+    batches = [per.batch(s, 10) for s in range(44)]  # one epoch of ceil(440 / 10) steps: 33 + 11
+    assert all(len({i >= 400 for i in b}) == 1 for b in batches)
+    small = [b for b in batches if b[0] >= 400]
+    assert len(small) == 11
+    drawn = [i for b in small for i in b]
+    assert sorted(drawn[:40]) == train[1] and sorted(drawn[40:80]) == train[1]
+    large = [i for b in batches if b[0] < 400 for i in b]
+    assert len(large) == 330 == len(set(large))
+    again = MixtureSchedule(train, [3.0, 1.0], 1.0, seed_of, per_folder=True)
+    assert [again.batch(s, 10) for s in (50, 3, 44)] == [per.batch(s, 10) for s in (50, 3, 44)]
 
 
 def test_two_folders_train_resume_exactly_and_report_per_folder(folders, tmp_path):
@@ -184,7 +197,7 @@ def test_the_joint_versus_separate_example_runs(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    for arm in ("separate", "joint"):
+    for arm in ("separate", "joint", "joint_per_folder"):
         assert set(results[arm]["clinic"][0]) == {"tok_demographics", "tok_vitals", "tok_labs"}
         assert set(results[arm]["spectra"][0]) == {"tok_nir_spectrum", "tok_nir_properties"}
         for bundle in results[arm].values():

@@ -6,11 +6,12 @@ same total compute: does sharing help or hurt each bundle's held-out metric?
 1. **Tokens** of every example, each with its own registry: clinic, multisurvey, spectra and ct are
    encoded with the codecs shipped in their plugins (no fitting); hsi, medimg and ecg run their own
    example's fit-codec -> encode first (`examples/<name>/run.py`, or `prepare` for ecg) unless
-   ``runs/<name>/tokens`` already exists.
+   its tokens (`EXAMPLE_TOKENS`) already exist.
 2. **Separate:** per bundle and seed, `mmtok train` on its folder alone for ``--steps`` steps.
    **Joint:** per seed, one run on all folders (`--tokens` repeated) for ``--steps`` x bundles steps,
    every folder weighted equally, so each bundle's samples are seen as often as in its own run and
    the total compute (steps x batch x model) is the same. Same model, masking, optimiser, batch.
+   Twice: with mixed batches (the default) and with ``mixture_batches: per_folder``.
 3. **Metric, the same for both arms:** for each held-out sample (each folder's own split: ids hashed,
    ecg by whole minute) and each of its discrete streams that it has with at least one other stream:
    the negative log-likelihood (nats / token) of the whole stream predicted from the sample's other
@@ -51,6 +52,8 @@ RUNS = ROOT / "runs"
 BUNDLES = {"clinic": "shipped", "multisurvey": "shipped", "spectra": "shipped", "ct": "shipped",
            "hsi": "example", "medimg": "example", "ecg": "ecg"}
 VAL_GROUP = {"ecg": r"^(m\d+)-"}  # whole minutes, as examples/ecg/train.yaml
+#: where an example's own run.py writes its tokens
+EXAMPLE_TOKENS = {"hsi": RUNS / "hsi" / "tokens", "medimg": RUNS / "medimg_example" / "tokens", "ecg": RUNS / "ecg" / "tokens"}
 LABELS = {"tok_class"}  # label streams: balanced accuracy too (ECG beat class, N / S / V)
 CONFIG = {"model": {"d_model": 64, "num_heads": 4, "encoder_depth": 2, "decoder_depth": 2, "dropout": 0.1},
           "masking": {"input_budget": 24, "target_budget": 12},
@@ -71,7 +74,7 @@ def prepare(out: Path, names: list[str]) -> dict[str, Path]:
                 encode_manifest(EXAMPLES / name / "manifest.json", folders[name],
                                 registry_path=EXAMPLES / name / "registry.yaml", progress=False)
         else:
-            folders[name] = RUNS / name / "tokens"
+            folders[name] = EXAMPLE_TOKENS[name]
             if not (folders[name] / "index.json").is_file():
                 if how == "ecg":
                     sys.path.insert(0, str(EXAMPLES / "ecg"))
@@ -85,15 +88,16 @@ def prepare(out: Path, names: list[str]) -> dict[str, Path]:
     return folders
 
 
-def config_for(folders: dict[str, Path], seed: int, steps: int) -> mmtok.TrainConfig:
+def config_for(folders: dict[str, Path], seed: int, steps: int, batches: str = "mixed") -> mmtok.TrainConfig:
     tokens = [{"path": str(p), "name": n, "weight": 1.0, **({"val_group": VAL_GROUP[n]} if n in VAL_GROUP else {})}
               for n, p in folders.items()]
-    return mmtok.TrainConfig.model_validate({**CONFIG, "tokens": tokens, "seed": seed, "max_steps": steps})
+    return mmtok.TrainConfig.model_validate({**CONFIG, "tokens": tokens, "seed": seed, "max_steps": steps,
+                                             "mixture_batches": batches})
 
 
-def train(folders: dict[str, Path], run: Path, seed: int, steps: int) -> dict:
+def train(folders: dict[str, Path], run: Path, seed: int, steps: int, batches: str = "mixed") -> dict:
     """Train (or resume) ``run`` on ``folders``; its speed: tokens / s, FLOPs / s."""
-    trainer = mmtok.Trainer(None, run, config_for(folders, seed, steps), progress=False)
+    trainer = mmtok.Trainer(None, run, config_for(folders, seed, steps, batches), progress=False)
     start = trainer.step
     t0 = time.perf_counter()
     trainer.fit()
@@ -221,11 +225,11 @@ def main() -> None:
     t_start = time.time()
     out = args.out.resolve()
     folders = prepare(out, args.bundles)
-    for stale in ("separate", "joint", "memory"):  # runs of an earlier call (other bundles / steps)
+    for stale in ("separate", "joint", "joint_per_folder", "memory"):  # runs of an earlier call (other bundles / steps)
         shutil.rmtree(out / stale, ignore_errors=True)
     results = {"bundles": args.bundles, "seeds": args.seeds, "steps": args.steps, "config": CONFIG,
                "samples": {n: len(mmtok.TokenShards(p)) for n, p in folders.items()},
-               "separate": {}, "joint": {}, "speed": {}}
+               "separate": {}, "joint": {}, "joint_per_folder": {}, "speed": {}}
     for seed in args.seeds:
         for name, folder in folders.items():
             run = out / "separate" / name / f"seed{seed}"
@@ -240,6 +244,11 @@ def main() -> None:
         results["speed"].setdefault("joint", []).append(train(folders, run, seed, steps))
         for name, folder in folders.items():
             results["joint"].setdefault(name, []).append(evaluate(run, name, folder))
+        run = out / "joint_per_folder" / f"seed{seed}"
+        print(f"$ mmtok train ... --out {run}   # the same, mixture_batches: per_folder", flush=True)
+        results["speed"].setdefault("joint, per-folder batches", []).append(train(folders, run, seed, steps, "per_folder"))
+        for name, folder in folders.items():
+            results["joint_per_folder"].setdefault(name, []).append(evaluate(run, name, folder))
     results["matmul_peak_flops"] = matmul_peak()
     first = args.bundles[0]
     results["memory"] = {f"{first} only": peak_rss_run({first: folders[first]}, out / "memory" / "one", args.memory_steps),
@@ -253,27 +262,31 @@ def print_tables(results: dict) -> None:
     seeds = results["seeds"]
     print(f"\nHeld-out, each stream predicted from the sample's other streams; mean ± std over seeds {seeds}; "
           "NLL in nats / token (lower is better)\n")
-    print("| bundle | stream | held-out samples | unigram NLL | separate NLL | joint NLL | joint − separate | "
-          "separate acc | joint acc |")
+    print("| bundle | stream | held-out samples | unigram NLL | separate NLL | joint NLL (mixed batches) | "
+          "joint NLL (per-folder batches) | separate acc | joint acc (mixed) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    verdict = {"better": 0, "worse": 0, "same": 0}
+    verdict = {arm: {"better": 0, "worse": 0, "same": 0} for arm in ("joint", "joint_per_folder")}
     for name in results["bundles"]:
-        sep, joint = results["separate"][name], results["joint"][name]
+        sep = results["separate"][name]
         for key in sep[0]:
             s = [r[key]["nll"] for r in sep]
-            j = [r[key]["nll"] for r in joint]
-            d = np.array(j) - np.array(s)
-            spread = np.std(s) + np.std(j)
-            verdict["better" if d.mean() < -spread else "worse" if d.mean() > spread else "same"] += 1
+            cells = []
+            for arm in verdict:
+                j = [r[key]["nll"] for r in results[arm][name]]
+                d = float(np.mean(j) - np.mean(s))
+                spread = np.std(s) + np.std(j)
+                verdict[arm]["better" if d < -spread else "worse" if d > spread else "same"] += 1
+                cells.append(f"{mean_std(j)} ({d:+.2f})")
             extra = ""
             if "balanced_acc" in sep[0][key]:
                 extra = (f" (balanced {mean_std([r[key]['balanced_acc'] for r in sep])} / "
-                         f"{mean_std([r[key]['balanced_acc'] for r in joint])})")
+                         f"{mean_std([r[key]['balanced_acc'] for r in results['joint'][name]])})")
             print(f"| {name} | {key} | {sep[0][key]['samples']} | {sep[0][key]['unigram_nll']:.3f} | {mean_std(s)} | "
-                  f"{mean_std(j)} | {d.mean():+.3f} | {mean_std([r[key]['acc'] for r in sep])} | "
-                  f"{mean_std([r[key]['acc'] for r in joint])}{extra} |")
-    print(f"\nVerdict (joint vs separate, beyond the seeds' spread): better on {verdict['better']} streams, "
-          f"worse on {verdict['worse']}, indistinguishable on {verdict['same']}.")
+                  f"{cells[0]} | {cells[1]} | {mean_std([r[key]['acc'] for r in sep])} | "
+                  f"{mean_std([r[key]['acc'] for r in results['joint'][name]])}{extra} |")
+    for arm, v in verdict.items():
+        print(f"\nVerdict, {arm.replace('_', ' ')} vs separate (mean difference beyond the two arms' seed std summed): "
+              f"better on {v['better']} streams, worse on {v['worse']}, indistinguishable on {v['same']}.")
     peak = results["matmul_peak_flops"]
     print(f"\nSpeed (this machine's fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s, measured in the same run)\n")
     print("| run | steps | tokens / s | MFU | params |")
@@ -285,12 +298,14 @@ def print_tables(results: dict) -> None:
             print(f"| {name} | {timed[0]['steps']} | {np.mean([r['tokens_per_s'] for r in timed]):.0f} | "
                   f"{np.mean(mfu):.3f} | {timed[0]['params']:,} |")
     # the separate arm as a whole: all its tokens over all its seconds (same total work as the joint arm)
-    sep = [r for n, rs in results["speed"].items() if n != "joint" for r in rs if r["tokens_per_s"]]
-    joint = [r for r in results["speed"].get("joint", []) if r["tokens_per_s"]]
-    if sep and joint:
-        ratio = (sum(r["tokens"] for r in joint) / sum(r["seconds"] for r in joint)) / (
-            sum(r["tokens"] for r in sep) / sum(r["seconds"] for r in sep))
-        print(f"\njoint tokens / s ÷ the separate runs' (all their tokens over all their seconds): {ratio:.2f}")
+    sep = [r for n, rs in results["speed"].items() if not n.startswith("joint") for r in rs if r["tokens_per_s"]]
+    sep_rate = sum(r["tokens"] for r in sep) / sum(r["seconds"] for r in sep) if sep else None
+    for arm in ("joint", "joint, per-folder batches"):
+        joint = [r for r in results["speed"].get(arm, []) if r["tokens_per_s"]]
+        if sep_rate and joint:
+            rate = sum(r["tokens"] for r in joint) / sum(r["seconds"] for r in joint)
+            print(f"\n{arm}: tokens / s ÷ the separate runs' (all their tokens over all their seconds): "
+                  f"{rate / sep_rate:.2f}")
     print("\n| streams | slots | joint vocabulary | params | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for name, m in results["memory"].items():

@@ -87,6 +87,8 @@ class TrainConfig(StrictModel):
     #: token folders (``--tokens`` on the command line replaces this list); several are one run over
     #: the union of their streams, sampled as a mixture (`mmtok.mixture`)
     tokens: list[TokenFolderConfig] = Field(default_factory=list, description="token folders: paths, or {path, name, weight, val_group}")
+    mixture_batches: Literal["mixed", "per_folder"] = Field(
+        default="mixed", description="mixed: samples of every folder in each batch; per_folder: each batch from one folder")
     mixture_temperature: float = Field(default=1.0, gt=0, description="folder shares ∝ size ** (1 / T) unless weighted: 1 = by size, large = uniform")
     batch_size: int = Field(default=64, ge=1, description="global batch (all ranks together)")
     max_steps: int = Field(default=1000, ge=1, description="total optimizer steps")

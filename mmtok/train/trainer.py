@@ -98,7 +98,8 @@ class Trainer:
             raise MmtokError("tokens: set weight on every folder or on none (then shares follow the folders' "
                              "sizes and mixture_temperature)")
         self.schedule = MixtureSchedule(train_of, None if None in weights else weights, config.mixture_temperature,
-                                        lambda epoch, salt: _seed(config.seed, epoch, salt))
+                                        lambda epoch, salt: _seed(config.seed, epoch, salt),
+                                        per_folder=config.mixture_batches == "per_folder")
         self.val_of = [[i for i in self.data.indices_of(f) if val[i]] for f in range(len(self.folders))]
         self.specs = self.data.specs()
         torch.manual_seed(config.seed)
