@@ -27,6 +27,7 @@ Writes ``runs/all/results.json`` and prints the tables of examples/all/README.md
 """
 
 import argparse
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -77,15 +78,19 @@ def prepare(out: Path, names: list[str]) -> dict[str, Path]:
             folders[name] = EXAMPLE_TOKENS[name]
             if not (folders[name] / "index.json").is_file():
                 if how == "ecg":
-                    sys.path.insert(0, str(EXAMPLES / "ecg"))
-                    import run as ecg_run  # examples/ecg/run.py
-
-                    ecg_run.prepare(RUNS / "ecg")
-                    sys.path.pop(0)
+                    _example_module("ecg").prepare(RUNS / "ecg")
                 else:
                     print(f"$ python examples/{name}/run.py", flush=True)
                     subprocess.run([sys.executable, str(EXAMPLES / name / "run.py")], check=True)
     return folders
+
+
+def _example_module(name: str):
+    """``examples/<name>/run.py`` as a module (by path: every example's script is called run.py)."""
+    spec = importlib.util.spec_from_file_location(f"examples_{name}_run", EXAMPLES / name / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def config_for(folders: dict[str, Path], seed: int, steps: int, batches: str = "mixed") -> mmtok.TrainConfig:

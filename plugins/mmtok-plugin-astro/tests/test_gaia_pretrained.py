@@ -4,6 +4,7 @@ in the wheel (load, reproduce, encode), and the multisurvey example's partial st
 import hashlib
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,16 @@ def test_pretrained_load_and_match_their_metrics():
 def test_fit_script_reproduces_the_shipped_quantile_codecs(tmp_path):
     fit = _fit_script()  # quantile codecs: exact float64 quantiles, the same on any thread count
 
+    def same(a, b):  # the weights are compared bit for bit; a float32 error metric may differ in
+        # its last bits with the reduction order (thread count): floats agree to 1e-5 relative
+        if isinstance(a, float) and isinstance(b, float):
+            return math.isclose(a, b, rel_tol=1e-5)
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(map(same, a, b))
+        return a == b
+
     def recipe(path):  # metrics.json without the torch version / machine it was written on
         return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("torch", "machine")}
     for directory in ("gaia-cone-photometry", "gaia-cone-astrometry", "hsc-cosmos-catalog"):
@@ -111,7 +122,7 @@ def test_fit_script_reproduces_the_shipped_quantile_codecs(tmp_path):
         digest = fit.save(codec, metrics, tmp_path / directory)
         shipped = plugin.PRETRAINED_DIR / directory
         assert digest == _sha256(shipped / "model.safetensors"), directory
-        assert recipe(tmp_path / directory / "metrics.json") == recipe(shipped / "metrics.json")
+        assert same(recipe(tmp_path / directory / "metrics.json"), recipe(shipped / "metrics.json")), directory
         assert (tmp_path / directory / "config.json").read_bytes() == (shipped / "config.json").read_bytes()
     # the FSQ codec takes ~25 s to refit: check that its recorded recipe is the script's
     hsc = json.loads((plugin.PRETRAINED_DIR / "hsc-cosmos-fsq24" / "metrics.json").read_text())
