@@ -196,17 +196,24 @@ def evaluate(run: Path, name: str, folder: Path) -> dict:
 
 
 def peak_rss_run(folders: dict[str, Path], out: Path, steps: int = 20) -> dict:
-    """Parameters and peak RSS (MiB) of a ``steps``-step run in a fresh process."""
+    """Parameters and the peak RSS (MiB) of a ``steps``-step run in a fresh process: its resident
+    memory at the start (torch and the plugins imported) and the peak from there (the peak is reset
+    through /proc/self/clear_refs, so import-time memory does not mask training's)."""
     cfg = out / "config.json"
     out.mkdir(parents=True, exist_ok=True)
     cfg.write_text(json.dumps(config_for(folders, 0, steps).model_dump(mode="json")))
-    code = ("import json, resource, sys, mmtok\n"
+    code = ("import json, re, sys, mmtok\n"
+            "def status(key):\n"
+            "    return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024\n"
+            "mmtok.get_plugin_manager()\n"
+            "start = status('VmRSS')\n"
+            "open('/proc/self/clear_refs', 'w').write('5')  # VmHWM := VmRSS\n"
             "c = mmtok.TrainConfig.load(sys.argv[1])\n"
             "t = mmtok.Trainer(None, sys.argv[2], c, progress=False)\n"
             "t.fit()\n"
             "print(json.dumps({'params': sum(p.numel() for p in t.module.parameters()),"
             " 'total_vocab': t.model.layout.total_vocab, 'slots': int(t.model.layout.stream_of.numel()),"
-            " 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+            " 'start_rss_mib': start, 'peak_rss_mib': status('VmHWM')}))\n")
     r = subprocess.run([sys.executable, "-c", code, str(cfg), str(out / "run")], capture_output=True, text=True,
                        check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -311,10 +318,12 @@ def print_tables(results: dict) -> None:
             rate = sum(r["tokens"] for r in joint) / sum(r["seconds"] for r in joint)
             print(f"\n{arm}: tokens / s ÷ the separate runs' (all their tokens over all their seconds): "
                   f"{rate / sep_rate:.2f}")
-    print("\n| streams | slots | joint vocabulary | params | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| streams | slots | joint vocabulary | params | RSS at start (MiB) | peak RSS in training (MiB) | "
+          "peak - start |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m in results["memory"].items():
-        print(f"| {name} | {m['slots']} | {m['total_vocab']} | {m['params']:,} | {m['peak_rss_mib']:.0f} |")
+        print(f"| {name} | {m['slots']} | {m['total_vocab']} | {m['params']:,} | {m['start_rss_mib']:.0f} | "
+              f"{m['peak_rss_mib']:.0f} | {m['peak_rss_mib'] - m['start_rss_mib']:.0f} |")
     print(f"\n{results['seconds']:.0f} s in all")
 
 
