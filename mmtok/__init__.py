@@ -20,7 +20,7 @@ from mmtok.errors import CodecError, MmtokError, ModalityError, PluginError, Reg
 from mmtok.hookspecs import (BundleSpec, CodecSpec, CommandSpec, HeadSpec, PretrainedSpec, ReaderSpec, SampleCheckSpec,
                              hookimpl)
 from mmtok.io import (DamagedFileError, OutputLock, atomic_write, load_weights_into, open_safetensors,
-                      read_checkpoint, read_json, read_safetensors, write_checkpoint, write_json)
+                      read_checkpoint, read_json, read_safetensors, write_checkpoint, write_json, write_pretrained)
 from mmtok.modalities import Columns, Image, Scalars, Spectrum, TimeSeries, Volume, stack_columns
 from mmtok.modality import Modality
 from mmtok.quantize import (ContinuousConfig, FSQConfig, LFQConfig, QuantizerConfig, ResidualVQConfig, VQConfig,
@@ -61,7 +61,7 @@ __all__ = [
     # errors
     "MmtokError", "ModalityError", "CodecError", "PluginError", "RegistryError",
     # files
-    "atomic_write", "write_json", "read_json", "write_checkpoint", "read_checkpoint", "read_safetensors",
+    "atomic_write", "write_json", "write_pretrained", "read_json", "write_checkpoint", "read_checkpoint", "read_safetensors",
     "open_safetensors", "load_weights_into", "OutputLock", "DamagedFileError", "read_npy", "read_npz",
     "read_csv",
     *_LAZY,

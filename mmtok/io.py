@@ -15,6 +15,7 @@ checkpoint format of training runs.
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -76,6 +77,18 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     """Compact, key-sorted JSON, written atomically (deterministic; no indent, so json's C
     encoder does the work: an indented index of many samples costs tens of microseconds each)."""
     atomic_write(path, lambda p: p.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"))
+
+
+def write_pretrained(codec, directory: str | os.PathLike, metrics: dict) -> str:
+    """A plugin's shipped codec: ``codec.save_pretrained(directory)`` (config.json +
+    model.safetensors) and ``metrics.json`` = ``metrics`` plus ``model_sha256``, each file written
+    atomically. Returns that sha256 (hex), which a refit must reproduce byte for byte."""
+    directory = Path(directory)
+    codec.save_pretrained(directory)
+    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+    text = json.dumps({**metrics, "model_sha256": digest}, indent=2) + "\n"
+    atomic_write(directory / "metrics.json", lambda p: p.write_text(text))
+    return digest
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -25,8 +25,6 @@ metrics.json}``. About 20 s on one CPU thread.
 """
 
 import argparse
-import hashlib
-import json
 import platform
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import torch
 
 import mmtok
-from mmtok import atomic_write, evaluate_codec, fit_codec
+from mmtok import evaluate_codec, fit_codec, write_pretrained
 from mmtok_plugin_astro import (GaiaAstrometry, GaiaPhotometry, HSCImage, SourceCatalog,
                                 hsc_source_crops, load_gaia)
 
@@ -115,15 +113,8 @@ def fit_one(directory: str):
 
 
 def save(codec, metrics: dict, directory: Path) -> str:
-    """Write config.json + model.safetensors + metrics.json (each atomically); return the
-    sha256 of model.safetensors (also recorded in metrics.json)."""
-    codec.save_pretrained(directory)
-    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
-    text = json.dumps({**metrics, "model_sha256": digest}, indent=2) + "\n"
-    atomic_write(directory / "metrics.json", lambda p: p.write_text(text))
-    for path in directory.iterdir():  # save_pretrained's temp files are 0600
-        path.chmod(0o644)
-    return digest
+    """config.json + model.safetensors + metrics.json, atomically; the sha256 of the weights."""
+    return write_pretrained(codec, directory, metrics)
 
 
 def row(directory: str, codec, metrics: dict) -> str:
