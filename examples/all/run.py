@@ -203,11 +203,17 @@ def peak_rss_run(folders: dict[str, Path], out: Path, steps: int = 20) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg.write_text(json.dumps(config_for(folders, 0, steps).model_dump(mode="json")))
     code = ("import json, re, sys, mmtok\n"
-            "def status(key):\n"
-            "    return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024\n"
+            "def status(key):  # Linux: /proc; elsewhere no number (n/a in the table)\n"
+            "    try:\n"
+            "        return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024\n"
+            "    except OSError:\n"
+            "        return None\n"
             "mmtok.get_plugin_manager()\n"
             "start = status('VmRSS')\n"
-            "open('/proc/self/clear_refs', 'w').write('5')  # VmHWM := VmRSS\n"
+            "try:\n"
+            "    open('/proc/self/clear_refs', 'w').write('5')  # VmHWM := VmRSS\n"
+            "except OSError:\n"
+            "    start = None\n"
             "c = mmtok.TrainConfig.load(sys.argv[1])\n"
             "t = mmtok.Trainer(None, sys.argv[2], c, progress=False)\n"
             "t.fit()\n"
@@ -322,8 +328,11 @@ def print_tables(results: dict) -> None:
           "peak - start |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m in results["memory"].items():
-        print(f"| {name} | {m['slots']} | {m['total_vocab']} | {m['params']:,} | {m['start_rss_mib']:.0f} | "
-              f"{m['peak_rss_mib']:.0f} | {m['peak_rss_mib'] - m['start_rss_mib']:.0f} |")
+        if m["start_rss_mib"] is None or m["peak_rss_mib"] is None:
+            mem = "n/a (needs Linux's /proc/self) | n/a | n/a"
+        else:
+            mem = f"{m['start_rss_mib']:.0f} | {m['peak_rss_mib']:.0f} | {m['peak_rss_mib'] - m['start_rss_mib']:.0f}"
+        print(f"| {name} | {m['slots']} | {m['total_vocab']} | {m['params']:,} | {mem} |")
     print(f"\n{results['seconds']:.0f} s in all")
 
 
