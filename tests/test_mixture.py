@@ -200,6 +200,9 @@ def test_the_joint_versus_separate_example_runs(tmp_path):
     for arm in ("separate", "joint", "joint_per_folder"):
         assert set(results[arm]["clinic"][0]) == {"tok_demographics", "tok_vitals", "tok_labs"}
         assert set(results[arm]["spectra"][0]) == {"tok_nir_spectrum", "tok_nir_properties"}
+        props = results[arm]["spectra"][0]["tok_nir_properties"]  # decoded to % (4 Corn properties)
+        assert len(props["decoded_rmse"]) == len(props["decoded_rmse_majority"]) == 4
+        assert all(0 <= v < 10 for v in props["decoded_rmse"] + props["decoded_rmse_majority"])
         for bundle in results[arm].values():
             assert all(0 < s["nll"] < 20 and s["samples"] > 0 for s in bundle[0].values())
     assert results["speed"]["joint"][0]["steps"] == 6 and results["speed"]["joint"][0]["tokens_per_s"] > 0

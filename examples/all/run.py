@@ -56,6 +56,9 @@ VAL_GROUP = {"ecg": r"^(m\d+)-"}  # whole minutes, as examples/ecg/train.yaml
 #: where an example's own run.py writes its tokens
 EXAMPLE_TOKENS = {"hsi": RUNS / "hsi" / "tokens", "medimg": RUNS / "medimg_example" / "tokens", "ecg": RUNS / "ecg" / "tokens"}
 LABELS = {"tok_class"}  # label streams: balanced accuracy too (ECG beat class, N / S / V)
+#: streams whose imputation is also scored in the data's units: the arg-max tokens decoded by the
+#: bundle's codec against the decoded true tokens, RMSE per column (NIR: moisture, oil, protein, starch %)
+DECODED = {"tok_nir_properties"}
 CONFIG = {"model": {"d_model": 64, "num_heads": 4, "encoder_depth": 2, "decoder_depth": 2, "dropout": 0.1},
           "masking": {"input_budget": 24, "target_budget": 12},
           "optim": {"lr": 0.001, "weight_decay": 0.05, "warmup_steps": 50},
@@ -172,7 +175,7 @@ def evaluate(run: Path, name: str, folder: Path) -> dict:
         logp = torch.log((torch.bincount(ids, minlength=spec.vocab_size).double() + 1) / (len(ids) + spec.vocab_size))
         majority = int(logp.argmax())
         nll, hit, uni, uhit, n = 0.0, 0, 0.0, 0, 0
-        truths, preds = [], []
+        truths, preds, all_truth, all_pred = [], [], [], []
         for start in range(0, len(test), 64):
             batch = data.batch(test[start:start + 64])
             with torch.no_grad():
@@ -186,8 +189,22 @@ def evaluate(run: Path, name: str, folder: Path) -> dict:
             n += truth.numel()
             truths.append(truth[:, 0])
             preds.append(proba.argmax(-1)[:, 0])
+            all_truth.append(truth)
+            all_pred.append(proba.argmax(-1))
         rec = {"samples": len(test), "tokens": n, "nll": nll / n, "acc": hit / n, "unigram_nll": uni / n,
                "unigram_acc": uhit / n}
+        if key in DECODED:
+            codec = mmtok.Registry.load(EXAMPLES / name / "registry.yaml").codec(key)
+
+            def values(ids):
+                stream = mmtok.TokenStream(grid=spec.grid, ids=ids, vocab_size=spec.vocab_size,
+                                           present=torch.ones(len(ids), dtype=torch.bool))
+                return getattr(codec.decode(stream), codec.field).double()
+            truth = values(torch.cat(all_truth))
+            rec["decoded_rmse"] = (values(torch.cat(all_pred)) - truth).pow(2).mean(0).sqrt().tolist()
+            # baseline: each token position's most frequent training id (per-column majority bin)
+            mode = data.batch(train)[key].ids.long().mode(0).values.expand(len(truth), -1)
+            rec["decoded_rmse_majority"] = (values(mode) - truth).pow(2).mean(0).sqrt().tolist()
         if key in LABELS:  # balanced accuracy over the classes present
             t, q = torch.cat(truths), torch.cat(preds)
             rec["balanced_acc"] = float(np.mean([float((q[t == c] == c).float().mean()) for c in t.unique()]))
@@ -305,6 +322,19 @@ def print_tables(results: dict) -> None:
     for arm, v in verdict.items():
         print(f"\nVerdict, {arm.replace('_', ' ')} vs separate (mean difference beyond the two arms' seed std summed): "
               f"better on {v['better']} streams, worse on {v['worse']}, indistinguishable on {v['same']}.")
+    for name in results["bundles"]:
+        for key, rec in results["separate"][name][0].items():
+            if "decoded_rmse" in rec:
+                print(f"\n{name} {key}, imputed from the other streams and decoded: RMSE per column "
+                      "(mean ± std over seeds)\n")
+                print("| arm | " + " | ".join(f"column {i}" for i in range(len(rec["decoded_rmse"]))) + " |")
+                print("|---|" + "---:|" * len(rec["decoded_rmse"]))
+                print("| majority bin per column (training tokens) | " + " | ".join(
+                    f"{v:.3f}" for v in rec["decoded_rmse_majority"]) + " |")
+                for arm in ("separate", "joint", "joint_per_folder"):
+                    cols = np.array([r[key]["decoded_rmse"] for r in results[arm][name]])
+                    print(f"| {arm.replace('_', ' ')} | " + " | ".join(
+                        f"{m:.3f} ± {sd:.3f}" for m, sd in zip(cols.mean(0), cols.std(0))) + " |")
     peak = results["matmul_peak_flops"]
     print(f"\nSpeed (this machine's fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s, measured in the same run)\n")
     print("| run | steps | tokens / s | MFU | params |")
