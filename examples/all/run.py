@@ -175,7 +175,7 @@ def evaluate(run: Path, name: str, folder: Path) -> dict:
         logp = torch.log((torch.bincount(ids, minlength=spec.vocab_size).double() + 1) / (len(ids) + spec.vocab_size))
         majority = int(logp.argmax())
         nll, hit, uni, uhit, n = 0.0, 0, 0.0, 0, 0
-        truths, preds, all_truth, all_pred = [], [], [], []
+        truths, preds = [], []  # (samples, tokens) ids
         for start in range(0, len(test), 64):
             batch = data.batch(test[start:start + 64])
             with torch.no_grad():
@@ -187,10 +187,8 @@ def evaluate(run: Path, name: str, folder: Path) -> dict:
             uni += float(-logp[truth].sum())
             uhit += int((truth == majority).sum())
             n += truth.numel()
-            truths.append(truth[:, 0])
-            preds.append(proba.argmax(-1)[:, 0])
-            all_truth.append(truth)
-            all_pred.append(proba.argmax(-1))
+            truths.append(truth)
+            preds.append(proba.argmax(-1))
         rec = {"samples": len(test), "tokens": n, "nll": nll / n, "acc": hit / n, "unigram_nll": uni / n,
                "unigram_acc": uhit / n}
         if key in DECODED:
@@ -200,13 +198,13 @@ def evaluate(run: Path, name: str, folder: Path) -> dict:
                 stream = mmtok.TokenStream(grid=spec.grid, ids=ids, vocab_size=spec.vocab_size,
                                            present=torch.ones(len(ids), dtype=torch.bool))
                 return getattr(codec.decode(stream), codec.field).double()
-            truth = values(torch.cat(all_truth))
-            rec["decoded_rmse"] = (values(torch.cat(all_pred)) - truth).pow(2).mean(0).sqrt().tolist()
+            truth = values(torch.cat(truths))
+            rec["decoded_rmse"] = (values(torch.cat(preds)) - truth).pow(2).mean(0).sqrt().tolist()
             # baseline: each token position's most frequent training id (per-column majority bin)
             mode = data.batch(train)[key].ids.long().mode(0).values.expand(len(truth), -1)
             rec["decoded_rmse_majority"] = (values(mode) - truth).pow(2).mean(0).sqrt().tolist()
         if key in LABELS:  # balanced accuracy over the classes present
-            t, q = torch.cat(truths), torch.cat(preds)
+            t, q = torch.cat(truths)[:, 0], torch.cat(preds)[:, 0]
             rec["balanced_acc"] = float(np.mean([float((q[t == c] == c).float().mean()) for c in t.unique()]))
         out[key] = rec
     return out

