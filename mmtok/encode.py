@@ -1,9 +1,11 @@
 """``mmtok encode``: manifest -> token shards, batched per stream, resumable, multi-process.
 
 Samples are split, in manifest order, into shards of ``shard_size``. Each shard is loaded
-lazily by DataLoader workers (one manifest sample per item), its modalities are bucketed per
-stream by shape and dtype, encoded in batches of ``batch_size`` under ``torch.inference_mode()``,
-and written atomically (see `mmtok.shards`). Every sample-level problem (unreadable file, failed
+lazily, 64 consecutive samples at a time (by DataLoader workers when there are any): the plain
+``.npy`` files of one modality among them are read straight into one array (`Manifest.npy_rows`),
+anything else by its reader. Its modalities are bucketed per stream by shape and dtype, encoded
+in batches of ``batch_size`` under ``torch.inference_mode()``, and written atomically (see
+`mmtok.shards`) on a background thread while the next shard is read. Every sample-level problem (unreadable file, failed
 modality check, a codec refusing the sample) stops the run (``on_error="fail"``) or skips the
 sample with its reason (``"skip"``); a run that encodes nothing is an `EncodeError`. A shard is a
 pure function of its samples and the codecs, so:
@@ -36,7 +38,7 @@ from mmtok.manifest import Manifest, ManifestProblem, SampleEntry, SampleError, 
 from mmtok.modality import Modality, deferred_checks
 from mmtok.plugins import PluginManager, get_plugin_manager
 from mmtok.registry import Registry, find_registry
-from mmtok.shards import INDEX, check_shard, merge_statistics, shard_name, write_shard
+from mmtok.shards import INDEX, check_shard, merge_statistics, shard_files, shard_name, write_files, write_shard
 from mmtok.tokens import TokenStream
 
 __all__ = ["EncodeError", "encode_manifest", "EncodeSummary"]
@@ -82,7 +84,37 @@ class _SampleReader(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        shard, row, sample = self.items[i]
+        return self._item(self.items[i], {}, 0)
+
+    def chunk(self, start: int, stop: int) -> list[tuple]:
+        """Items ``start`` to ``stop - 1``, as ``__getitem__`` gives each; the plain ``.npy`` files
+        of each modality among them are read in one pass into one array (`Manifest.npy_rows`)."""
+        items = self.items[start:stop]
+        fast = collections.defaultdict(list)  # modality -> [(position, path as written)]
+        plain = []  # per position: True when every modality is such a file, encoded here, not renamed
+        for pos, (_, _, sample) in enumerate(items):
+            every = True
+            for key, entry in sample.modalities.items():
+                if key in self.modalities and entry.path is not None and entry.reader is None and not entry.options:
+                    fast[key].append((pos, entry.path))
+                    every = every and not entry.fields
+                else:
+                    every = False
+            plain.append(every)
+        read = {}  # (position, modality) -> array
+        manager = self.manager or get_plugin_manager()
+        for key, members in fast.items():
+            block, ok = self.manifest.npy_rows([rel for _, rel in members], manager)
+            for j, (pos, _) in enumerate(members):
+                if ok[j]:
+                    read[pos, key] = block[j]
+                else:
+                    plain[pos] = False
+        return [(item[0], item[1], item[2].id, {key: {"data": read[pos, key]} for key in item[2].modalities}, [])
+                if plain[pos] else self._item(item, read, pos) for pos, item in enumerate(items)]
+
+    def _item(self, item: tuple, read: dict, pos: int) -> tuple:
+        shard, row, sample = item
         records, problems = {}, []
         manager = self.manager or get_plugin_manager()
         for key in sample.modalities:
@@ -91,23 +123,34 @@ class _SampleReader(Dataset):
                     problems.append((key, f"no modality named {key!r} is installed"))
                 continue
             try:
-                records[key] = self.manifest.record(sample, key, manager)
+                records[key] = self.manifest.record(sample, key, manager, npy=read.get((pos, key)))
             except SampleError as err:
                 problems.append((err.key or key, err.reason))
         return shard, row, sample.id, records, problems
 
 
-def _identity(batch):
-    return batch
+class _Chunks(Dataset):
+    """Item j: chunk j (``size`` consecutive items) of a `_SampleReader`."""
+
+    def __init__(self, reader: _SampleReader, size: int):
+        self.reader, self.size = reader, size
+
+    def __len__(self) -> int:
+        return -(-len(self.reader) // self.size)
+
+    def __getitem__(self, j: int) -> list[tuple]:
+        return self.reader.chunk(j * self.size, min((j + 1) * self.size, len(self.reader)))
 
 
 def _read_in_order(reader: _SampleReader, workers: int, chunk: int = 64):
-    """Yield reader items in order; with workers, each fetch carries ``chunk`` consecutive items."""
+    """Yield reader items in order, read ``chunk`` consecutive items at a time (by DataLoader
+    workers when there are any)."""
+    chunks = _Chunks(reader, chunk)
     if workers == 0:
-        yield from (reader[i] for i in range(len(reader)))
+        for j in range(len(chunks)):
+            yield from chunks[j]
         return
-    loader = DataLoader(reader, batch_size=chunk, num_workers=workers, collate_fn=_identity)
-    for batch in loader:
+    for batch in DataLoader(chunks, batch_size=None, num_workers=workers):
         yield from batch
 
 
@@ -275,7 +318,7 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
     dist.barrier()
     summary = None
     if rank == 0:
-        summary = _merge(out, manifest_path, registry_path, len(shards), info, upfront, start)
+        summary = _merge(out, manifest_path, registry_path, len(shards), info, upfront, start, writer.sidecars)
     dist.barrier()
     if summary is not None and not any(s["samples"] for s in summary.streams.values()):
         raise EncodeError(_nothing_encoded(summary, by_modality))
@@ -446,18 +489,19 @@ def _check_batches(pending: list[_Pending], by_modality: dict[str, list[str]], b
 
 
 class _ShardWriter:
-    """Writes finished shards, on one background thread where a core is free for it (the codec on
-    a GPU, or more cores than torch's threads): serialising, hashing and the fsync of
-    `atomic_write` then overlap the next shard's reading and encoding. Where torch's threads
-    already take every core, a writer thread only preempts them (measured on 2 cores: 295 vs
-    226 us per sample), so shards are written in line. At most one shard waits (memory stays
-    bounded); a failed write is raised at the next `submit` or at `close`."""
+    """Writes finished shards on one background thread, so that the next shard's reading and
+    encoding overlap them. Where a core is free for it (the codec on a GPU, or more cores than
+    torch's threads) the thread serialises and hashes too; where torch's threads already take
+    every core, serialising there only preempts them (measured on 2 cores: 295 vs 226 us per
+    sample), so shards are serialised in line and the thread only writes the bytes, fsyncs and
+    renames (`atomic_write`), which waits on the disk rather than a core. At most one shard waits
+    (memory stays bounded); a failed write is raised at the next `submit` or at `close`."""
 
     def __init__(self, directory: Path, background: bool):
-        self.directory = directory
-        self._pool = (concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmtok-shards")
-                      if background else None)
-        self._pending: concurrent.futures.Future | None = None
+        self.directory, self.background = directory, background
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmtok-shards")
+        self._pending: tuple[int, concurrent.futures.Future] | None = None
+        self.sidecars: dict[int, dict] = {}  # shard -> its sidecar as written (the merge needs no re-read)
 
     @staticmethod
     def spare_core(device: torch.device) -> bool:
@@ -465,16 +509,17 @@ class _ShardWriter:
         return device.type != "cpu" or cores > torch.get_num_threads()
 
     def submit(self, index: int, streams: dict, sidecar: dict) -> None:
-        if self._pool is None:
-            write_shard(self.directory, index, streams, sidecar)
-            return
         self._wait()
-        self._pending = self._pool.submit(write_shard, self.directory, index, streams, sidecar)
+        if self.background:
+            self._pending = (index, self._pool.submit(write_shard, self.directory, index, streams, sidecar))
+            return
+        files, sidecar = shard_files(self.directory, index, streams, sidecar)
+        self._pending = (index, self._pool.submit(_written, files, sidecar))
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.result()
+            self.sidecars[pending[0]] = pending[1].result()
 
     def close(self) -> None:
         try:
@@ -486,8 +531,12 @@ class _ShardWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:  # an error elsewhere: let a started write finish, raise that error
-            self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)  # an error elsewhere: let a started write finish, raise that error
+
+
+def _written(files: list, sidecar: dict) -> dict:
+    write_files(files)
+    return sidecar
 
 
 def _encode_shard(index: int, items: list[_Pending], codecs: dict, by_modality: dict[str, list[str]],
@@ -547,7 +596,9 @@ def _encode_streams(candidates: list[_Pending], batches: dict, codecs: dict,
                     raise _Refused(_culprits(key, codec, modality, positions, batch, candidates, err, device)) from None
                 if tokens is None:
                     tokens = torch.zeros((n, *stream.tokens.shape[1:]), dtype=stream.tokens.dtype)
-                pos = torch.tensor(positions)
+                first, last = positions[0], positions[-1]
+                # a bucket's positions are ascending: usually one run of rows (a slice: 8x cheaper)
+                pos = slice(first, last + 1) if last - first + 1 == len(positions) else torch.tensor(positions)
                 tokens[pos] = stream.tokens.cpu()
                 present[pos] = True
                 for p in positions:
@@ -586,12 +637,13 @@ def _culprits(key: str, codec, modality: str, positions: list[int], batch: Modal
 
 
 def _merge(out: Path, manifest_path, registry_path, n_shards: int, info: dict, upfront: dict,
-           start: float) -> EncodeSummary:
-    """Write index.json from the shards' sidecars (their statistics: no shard is reopened)."""
+           start: float, written: dict[int, dict]) -> EncodeSummary:
+    """Write index.json from the shards' sidecars (their statistics: no shard is reopened): those
+    this process ``written`` as they were written, the others (resumed, other ranks') read back."""
     samples, skipped = [], [
         {"id": sid, "problems": [{"key": p.key, "reason": p.reason} for p in ps]}
         for sid, ps in upfront.items()]
-    sidecars = [read_json(out / "shards" / f"{shard_name(i)}.json") for i in range(n_shards)]
+    sidecars = [written.pop(i, None) or read_json(out / "shards" / f"{shard_name(i)}.json") for i in range(n_shards)]
     for i, side in enumerate(sidecars):
         skipped += side["skipped"]
         for s in side["samples"]:  # {id, row, streams} + shard (the index is written key-sorted)

@@ -73,10 +73,17 @@ def _normal_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def json_text(data: Any) -> str:
+    """Compact, key-sorted JSON text with a final newline: what `write_json` writes (deterministic;
+    no indent, so json's C encoder does the work: an indented index of many samples costs tens
+    of microseconds each)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Compact, key-sorted JSON, written atomically (deterministic; no indent, so json's C
-    encoder does the work: an indented index of many samples costs tens of microseconds each)."""
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"))
+    """`json_text` of ``data``, written atomically."""
+    text = json_text(data)
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def write_pretrained(codec, directory: str | os.PathLike, metrics: dict) -> str:

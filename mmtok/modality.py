@@ -22,6 +22,7 @@ annotations would become strings and this module refuses them rather than silent
 import contextlib
 import contextvars
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -83,7 +84,7 @@ def _is_tensor_hint(hint: Any) -> bool:
 def _all_finite(value: torch.Tensor) -> bool:
     """No NaN / inf in ``value``. A finite sum proves it (a NaN or inf anywhere makes the sum NaN or
     inf) at a tenth of ``isfinite(value).all()``'s cost; only a sum that overflows needs the full check."""
-    return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
+    return math.isfinite(value.sum().item()) or bool(torch.isfinite(value).all())
 
 class Modality:
     """Base class of every modality. Subclasses are ``@dataclass(frozen=True)``.

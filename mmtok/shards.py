@@ -30,12 +30,12 @@ import torch
 from safetensors.torch import save
 
 from mmtok.errors import MmtokError
-from mmtok.io import DamagedFileError, atomic_write, open_safetensors, read_json, write_json
+from mmtok.io import DamagedFileError, atomic_write, json_text, open_safetensors, read_json
 from mmtok.model.config import StreamSpec
 from mmtok.tokens import TokenBatch, TokenStream
 
 __all__ = ["INDEX", "TokenShards", "TokenDataset", "check_shard", "file_sha256", "held_out", "merge_statistics",
-           "shard_name", "tensor_names", "write_shard"]
+           "shard_files", "shard_name", "tensor_names", "write_files", "write_shard"]
 
 INDEX = "index.json"
 RESUME_HINT = "re-run the same `mmtok encode` with --resume: it re-verifies every shard and re-encodes damaged ones"
@@ -89,22 +89,36 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_shard(directory: Path, i: int, streams: Mapping[str, TokenStream], sidecar: dict) -> None:
-    """Write shard ``i`` (every stream has one row per sample): the safetensors file first, then
-    its JSON sidecar (``sidecar`` + per-stream ``statistics`` + the file's ``sha256``), which marks
-    the shard complete."""
+def shard_files(directory: Path, i: int, streams: Mapping[str, TokenStream],
+                sidecar: dict) -> tuple[list[tuple[Path, bytes]], dict]:
+    """What `write_shard` writes, serialised but not written: ``[(path, bytes)]`` in writing order
+    (the safetensors file, then its JSON sidecar, which marks the shard complete) and the sidecar."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for key, s in streams.items():
         tokens_name, present_name = tensor_names(key, s.is_discrete)
         tensors[tokens_name] = (s.ids.to(torch.int32) if s.is_discrete else s.values.float()).contiguous()
         tensors[present_name] = s.present.contiguous()
     data = save(tensors)  # bytes: hashed as written, not read back
-    atomic_write(directory / f"{shard_name(i)}.safetensors", lambda p: p.write_bytes(data))
-    write_json(directory / f"{shard_name(i)}.json",
-               {**sidecar, "sha256": hashlib.sha256(data).hexdigest(),
-                "statistics": {k: _statistics(s) for k, s in streams.items()}})
+    sidecar = {**sidecar, "sha256": hashlib.sha256(data).hexdigest(),
+               "statistics": {k: _statistics(s) for k, s in streams.items()}}
+    return [(directory / f"{shard_name(i)}.safetensors", data),
+            (directory / f"{shard_name(i)}.json", json_text(sidecar).encode())], sidecar
+
+
+def write_files(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write each ``(path, bytes)`` atomically, in order (see `shard_files`)."""
+    for path, data in files:
+        atomic_write(path, lambda p, data=data: p.write_bytes(data))
+
+
+def write_shard(directory: Path, i: int, streams: Mapping[str, TokenStream], sidecar: dict) -> dict:
+    """Write shard ``i`` (every stream has one row per sample): the safetensors file first, then
+    its JSON sidecar (``sidecar`` + per-stream ``statistics`` + the file's ``sha256``), which marks
+    the shard complete. Returns that sidecar (what `read_json` of it gives)."""
+    files, sidecar = shard_files(directory, i, streams, sidecar)
+    write_files(files)
+    return sidecar
 
 
 def check_shard(directory: Path, i: int) -> str | None:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -431,8 +432,9 @@ def test_hostile_manifests_are_one_line(tmp_path, capsys, text, words):
 
 def test_shards_written_in_line_or_on_the_writer_thread_are_identical_and_a_failed_write_is_raised(
         xrays, tmp_path, monkeypatch):
-    """The shard writer runs on a thread only where a core is spare; both ways the token folder is
-    byte-identical, and a write that fails on the thread fails the run with its own error."""
+    """The shard writer serialises on its thread only where a core is spare (else in line, the thread
+    then only writes and fsyncs); both ways the token folder is byte-identical, and a write that
+    fails on the thread fails the run with its own error."""
     import mmtok.encode as encode
     from mmtok.encode import encode_manifest
 
@@ -452,10 +454,13 @@ def test_shards_written_in_line_or_on_the_writer_thread_are_identical_and_a_fail
     assert len(files(tmp_path / "inline")) == 6  # 3 shards: safetensors + sidecar each
     assert files(tmp_path / "inline") == files(tmp_path / "thread")
 
-    def refuse(directory, index, streams, sidecar):
-        raise mmtok.MmtokError(f"shard {index}: disk full (test)")
+    def refuse(path, write):
+        raise mmtok.MmtokError(f"{Path(path).name}: disk full (test)")
 
-    monkeypatch.setattr(encode, "write_shard", refuse)
+    import mmtok.shards
+
+    monkeypatch.setattr(mmtok.shards, "atomic_write", refuse)  # both ways, the thread does the writing
     for spare in (False, True):
-        with pytest.raises(mmtok.MmtokError, match="shard 0: disk full"):
+        with pytest.raises(mmtok.MmtokError, match="shard-00000.safetensors: disk full"):
             run(tmp_path / f"failed-{spare}", spare)
+        assert not list((tmp_path / f"failed-{spare}" / "shards").glob("shard-*")), "nothing half-written"

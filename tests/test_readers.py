@@ -139,3 +139,90 @@ def test_csv_integer_ids_beyond_float64_precision_stay_exact(tmp_path):
     assert columns["g"].dtype == np.float64 and columns["big"].dtype == np.float64
     path.write_text("id\n123456789012345678901234\n7\n")  # beyond int64: kept as text, not rounded
     assert read_csv(path)["id"].tolist() == ["123456789012345678901234", "7"]
+
+
+def test_read_npy_rows_reads_each_file_as_read_npy_and_flags_the_others(tmp_path):
+    """`read_npy_rows` (the batched reader of `mmtok encode`) puts every file of the first readable
+    file's header into its row, exactly as `read_npy` reads it; a file of another shape, dtype,
+    order or size, a truncated or foreign file, a symlink (O_NOFOLLOW), a missing file or no path
+    is flagged, never guessed."""
+    import os
+
+    rng = np.random.default_rng(0)
+    want = {}
+    for name in ("a0", "a1", "a2", "a3"):
+        want[name] = rng.standard_normal((2, 3)).astype(np.float32)
+        np.save(tmp_path / f"{name}.npy", want[name])
+    np.save(tmp_path / "shape.npy", rng.standard_normal((3, 2)).astype(np.float32))  # same bytes, other header
+    np.save(tmp_path / "dtype.npy", rng.standard_normal((2, 3)))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(rng.standard_normal((2, 3)).astype(np.float32)))
+    (tmp_path / "trunc.npy").write_bytes((tmp_path / "a0.npy").read_bytes()[:-4])
+    (tmp_path / "long.npy").write_bytes((tmp_path / "a0.npy").read_bytes() + b"\0" * 4)
+    (tmp_path / "text.npy").write_bytes(b"not numpy at all" * 8)
+    (tmp_path / "link.npy").symlink_to(tmp_path / "a1.npy")
+    names = ["trunc", "a0", "shape", "a1", "dtype", "fortran", None, "missing", "long", "text", "link", "a2", "a3"]
+    paths = [None if n is None else str(tmp_path / f"{n}.npy") for n in names]
+    block, ok = mmtok.readers.read_npy_rows(paths, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    expect_ok = [n is not None and n.startswith("a") for n in names]
+    if not hasattr(os, "O_NOFOLLOW"):
+        expect_ok[names.index("link")] = True
+    assert ok == expect_ok
+    assert block.shape == (len(names), 2, 3) and block.dtype == np.float32 and block.flags.writeable
+    for j, n in enumerate(names):
+        if ok[j] and n != "link":
+            assert np.array_equal(block[j], want[n]) and np.array_equal(block[j], read_npy(paths[j])["data"])
+    assert mmtok.readers.read_npy_rows([None, str(tmp_path / "missing.npy")]) == (None, [False, False])
+
+
+def test_encode_chunk_reads_what_one_sample_at_a_time_reads(tmp_path):
+    """`mmtok encode` reads plain .npy files a chunk at a time (`_SampleReader.chunk`, one array per
+    modality); every sample gets the records and problems that reading it alone gives, whatever
+    the chunk mixes: another shape, big-endian data, a renamed field, a symlink inside the folder,
+    a missing file, a file outside the folder, a FIFO, a table row."""
+    import json
+    import os
+
+    from mmtok.encode import _SampleReader
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        np.save(data / f"x{i}.npy", rng.standard_normal((1, 4, 4)).astype(np.float32))
+    np.save(data / "wide.npy", rng.standard_normal((1, 4, 6)).astype(np.float32))
+    np.save(data / "big.npy", rng.standard_normal((1, 4, 4)).astype(">f4"))
+    np.save(tmp_path / "outside.npy", rng.standard_normal((1, 4, 4)).astype(np.float32))
+    (data / "inlink.npy").symlink_to(data / "x1.npy")
+    os.mkfifo(data / "pipe.npy")
+    (data / "t.csv").write_text("id,v\nr0,1.5\nr1,2.5\n")
+    image = {f"s{i}": f"data/x{i}.npy" for i in range(6)}
+    image.update({"wide": "data/wide.npy", "big": "data/big.npy", "link": "data/inlink.npy",
+                  "missing": "data/nope.npy", "escape": "data/../../outside.npy", "pipe": "data/pipe.npy",
+                  "renamed": {"path": "data/x2.npy", "fields": {"flux": "data"}}})
+    samples = [{"id": sid, "modalities": {"image": entry}} for sid, entry in image.items()]
+    samples.insert(3, {"id": "row", "modalities": {"scalars": {"table": "t", "row": "r1"}}})
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"tables": {"t": {"path": "data/t.csv", "key": "id"}}, "samples": samples}))
+    manager = mmtok.get_plugin_manager()
+
+    def reader():
+        manifest = Manifest.load(tmp_path / "manifest.json")
+        return _SampleReader(manifest, [(0, i, s) for i, s in enumerate(manifest.samples)],
+                             {"image", "scalars"}, manager)
+
+    alone = [reader()[i] for i in range(len(samples))]
+    together = reader().chunk(0, len(samples))
+    assert [t[:3] for t in together] == [a[:3] for a in alone]
+    for (_, _, sid, records, problems), (_, _, _, want_records, want_problems) in zip(together, alone):
+        assert problems == want_problems, sid
+        assert records.keys() == want_records.keys(), sid
+        for key, record in records.items():
+            assert record.keys() == want_records[key].keys(), sid
+            for field, value in record.items():
+                want = want_records[key][field]
+                assert value.dtype == want.dtype and value.dtype.isnative and np.array_equal(value, want), sid
+    rows = [t[3]["image"]["data"] for t in together if t[2] in ("s0", "s4", "s5")]
+    assert all(r.base is not None and r.base is rows[0].base for r in rows)  # read as one block
+    reasons = {t[2]: t[4][0][1] for t in together if t[4]}
+    assert set(reasons) == {"missing", "escape", "pipe"}
+    assert "FIFO" in reasons["pipe"] and "escapes" in reasons["escape"] and "not found" in reasons["missing"]
