@@ -384,16 +384,14 @@ STAGES = [  # (label, file suffix, function name): cumulative time of every func
     ("Manifest.load (pydantic)", "mmtok/manifest.py", "load"),
     ("Registry.load (YAML)", "mmtok/registry.py", "load"),
     ("Registry.check (loads the codec checkpoint)", "mmtok/registry.py", "check"),
-    ("DataLoader.__next__ (main process: load or receive a sample)", "dataloader.py", "__next__"),
-    ("_SampleDataset.__getitem__ (load one sample, in this process)", "mmtok/encode.py", "__getitem__"),
-    ("  Manifest.resolve (path checks)", "mmtok/manifest.py", "resolve"),
-    ("  read_npy (np.load)", "mmtok/readers.py", "read_npy"),
-    ("  Modality.from_record (tensor + validation)", "mmtok/modality.py", "from_record"),
-    ("_signature (bucketing)", "mmtok/encode.py", "_signature"),
-    ("Modality.collate", "mmtok/modality.py", "collate"),
+    ("DataLoader.__next__ (main process: receive a chunk of 64 samples)", "dataloader.py", "__next__"),
+    ("_SampleReader.chunk (read 64 samples, in this process)", "mmtok/encode.py", "chunk"),
+    ("  Manifest.npy_rows (plain .npy files into one array)", "mmtok/manifest.py", "npy_rows"),
+    ("  Manifest.record (any other entry: its reader)", "mmtok/manifest.py", "record"),
+    ("_check_batches (bucketing, batches, their checks)", "mmtok/encode.py", "_check_batches"),
     ("Codec.encode", "mmtok/codec.py", "encode"),
-    ("write_shard (safetensors + JSON, fsync)", "mmtok/shards.py", "write_shard"),
-    ("_merge (re-read shards, index.json)", "mmtok/encode.py", "_merge"),
+    ("_ShardWriter.submit (serialise; write + fsync on the thread)", "mmtok/encode.py", "submit"),
+    ("_merge (index.json from the sidecars)", "mmtok/encode.py", "_merge"),
 ]
 
 

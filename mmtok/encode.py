@@ -66,7 +66,9 @@ class EncodeSummary:
 
 
 class _SampleReader(Dataset):
-    """Item i -> (shard, row, sample id, {modality: reader record}, [(key, reason)]).
+    """Item i -> (shard, row, sample id, {modality: reader record}, [(key, reason)], block rows):
+    block rows, for a sample whose every modality is a plain ``.npy`` file read by `chunk`, are
+    {modality: (array of the chunk's files, row, record signature)} (its record is that row), else None.
 
     Only file I/O happens here (in DataLoader workers when there are any); records are plain
     numpy, which crosses process boundaries cheaply, and become modalities in the main process.
@@ -101,16 +103,19 @@ class _SampleReader(Dataset):
                 else:
                     every = False
             plain.append(every)
-        read = {}  # (position, modality) -> array
+        read, rows = {}, {}  # (position, modality) -> array; -> (block, row, record signature)
         manager = self.manager or get_plugin_manager()
         for key, members in fast.items():
             block, ok = self.manifest.npy_rows([rel for _, rel in members], manager)
+            signature = None if block is None else (("data", (block.shape[1:], block.dtype.str)),)
             for j, (pos, _) in enumerate(members):
                 if ok[j]:
                     read[pos, key] = block[j]
+                    rows[pos, key] = (block, j, signature)
                 else:
                     plain[pos] = False
-        return [(item[0], item[1], item[2].id, {key: {"data": read[pos, key]} for key in item[2].modalities}, [])
+        return [(item[0], item[1], item[2].id, {key: {"data": read[pos, key]} for key in item[2].modalities}, [],
+                 {key: rows[pos, key] for key in item[2].modalities})
                 if plain[pos] else self._item(item, read, pos) for pos, item in enumerate(items)]
 
     def _item(self, item: tuple, read: dict, pos: int) -> tuple:
@@ -126,7 +131,7 @@ class _SampleReader(Dataset):
                 records[key] = self.manifest.record(sample, key, manager, npy=read.get((pos, key)))
             except SampleError as err:
                 problems.append((err.key or key, err.reason))
-        return shard, row, sample.id, records, problems
+        return shard, row, sample.id, records, problems, None
 
 
 class _Chunks(Dataset):
@@ -150,8 +155,13 @@ def _read_in_order(reader: _SampleReader, workers: int, chunk: int = 64):
         for j in range(len(chunks)):
             yield from chunks[j]
         return
-    for batch in DataLoader(chunks, batch_size=None, num_workers=workers):
+    # as it comes (the default would convert arrays to tensors and tuples to lists)
+    for batch in DataLoader(chunks, batch_size=None, num_workers=workers, collate_fn=_as_read):
         yield from batch
+
+
+def _as_read(chunk):
+    return chunk
 
 
 def _signature(m: Modality) -> tuple:
@@ -293,7 +303,7 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
     build = _Builder(manifest, manager)
     writer = held.enter_context(_ShardWriter(shard_dir, background=_ShardWriter.spare_core(device)))
     current, pending = None, []
-    for n, ((_, _, sample), (shard, _, sid, records, problems)) in enumerate(
+    for n, ((_, _, sample), (shard, _, sid, records, problems, rows)) in enumerate(
             zip(items, _read_in_order(reader, workers)), 1):
         loaded = None
         if checked and checked & records.keys() and not problems:
@@ -307,7 +317,7 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
             _encode_shard(current, pending, codecs, by_modality, writer, batch_size, on_error, build, device)
             pending = []
         current = shard
-        pending.append(_Pending(sample, records, loaded, problems))
+        pending.append(_Pending(sid, sample, records, loaded, problems, rows))
         if n % 64 == 0:
             bar.update(64)
     bar.update(len(items) % 64)
@@ -381,19 +391,17 @@ def _finished(shard_dir: Path, i: int) -> bool:
     return False
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Pending:
     """One sample of a shard being encoded: its reader records, its modalities when they had to be
     built one by one (a cross-sample check uses them), and its problems so far."""
 
+    id: str
     sample: SampleEntry
     records: dict
     loaded: dict | None
     problems: list
-
-    @property
-    def id(self) -> str:
-        return self.sample.id
+    rows: dict | None = None  # {modality: (block, row, record signature)}: see `_SampleReader`
 
 
 class _Builder:
@@ -415,10 +423,19 @@ class _Builder:
         return loaded
 
     def batch(self, modality: str, members: list[tuple[int, _Pending]]) -> tuple[Modality | None, dict]:
-        """(batch, {position: (modality, reason)}): one `Modality.from_records` call; when it fails,
-        each sample is built and checked alone to name the culprits."""
+        """(batch, {position: (modality, reason)}): one `Modality.from_records` call (or, for
+        consecutive rows of one block, the block's slice: what that call gives, without stacking
+        the rows again); when it fails, each sample is built and checked alone to name the culprits."""
         try:
             cls = self.manager.modality(modality)
+            first, last = members[0][1].rows, members[-1][1].rows
+            if first and last and cls._batches_records():
+                block, start, _ = first[modality]
+                if last[modality][0] is block and last[modality][1] - start == len(members) - 1 and all(
+                        p.rows and p.rows[modality][0] is block for _, p in members):
+                    batch = cls._from_stacked({"data": block[start:start + len(members)]})
+                    if batch is not None:
+                        return batch, {}
             return cls.from_records([p.records[modality] for _, p in members],
                                     sample_ids=[p.id for _, p in members]), {}
         except MmtokError:
@@ -473,7 +490,8 @@ def _check_batches(pending: list[_Pending], by_modality: dict[str, list[str]], b
                 if modality in p.loaded:
                     buckets[("built", _signature(p.loaded[modality]))].append((pos, p))
             elif modality in p.records:
-                buckets[("records", _record_signature(p.records[modality]))].append((pos, p))
+                signature = p.rows[modality][2] if p.rows else _record_signature(p.records[modality])
+                buckets[("records", signature)].append((pos, p))
         batches[modality] = []
         for (kind, _), members in buckets.items():
             for b in range(0, len(members), batch_size):

@@ -481,10 +481,14 @@ class Manifest:
         """Plain ``.npy`` entries (paths as written) of one shape and dtype read into one
         ``(n, ...)`` array, in the machine's byte order (`mmtok.readers.read_npy_rows`; same checks
         as `_npy_fast`). ``ok[j]`` False: entry j needs `record`, which reads it or says why not."""
-        for folder in {os.path.dirname(rel) for rel in rels} - self._dirs.keys():
-            if "\x00" not in folder and not os.path.isabs(folder):
-                self._folder(folder, False)  # a folder not seen yet: resolved and checked once
         paths = [self._npy_path(rel, manager) for rel in rels]
+        if None in paths:  # folders not seen yet are resolved and checked once, then tried again
+            unseen = {os.path.dirname(rel) for rel, path in zip(rels, paths) if path is None} - self._dirs.keys()
+            for folder in unseen:
+                if "\x00" not in folder and not os.path.isabs(folder):
+                    self._folder(folder, False)
+            if unseen:
+                paths = [path or self._npy_path(rel, manager) for rel, path in zip(rels, paths)]
         block, ok = read_npy_rows(paths, _NPY_FLAGS)
         if block is not None and not block.dtype.isnative:
             block = block.astype(block.dtype.newbyteorder("="))

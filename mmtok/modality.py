@@ -353,16 +353,38 @@ class Modality:
         return cls.collate(parts)
 
     @classmethod
+    def _record_names(cls, record: Mapping[str, Any]) -> dict[str, str] | None:
+        """{record key: tensor field} of the default ``from_record`` mapping, None when ``record``
+        does not map onto tensor fields that way."""
+        tensors = cls.tensor_fields()
+        if set(record) == {"data"} and tensors and "data" not in {f.name for f in cls._fields()}:
+            return {"data": tensors[0]}
+        if set(record) <= set(tensors):
+            return {k: k for k in record}
+        return None
+
+    @classmethod
+    def _batches_records(cls) -> bool:
+        """Whether `from_records` is the default one that stacks default-mapped records: a batch of
+        such records is then `_from_stacked` of their arrays stacked along a new first axis."""
+        return (cls.from_record.__func__ is Modality.from_record.__func__
+                and cls.from_records.__func__ is Modality.from_records.__func__)
+
+    @classmethod
+    def _from_stacked(cls, record: Mapping[str, np.ndarray]):
+        """What `from_records` gives for records ``{k: record[k][i]}``, i = 0 .. n - 1, where the
+        default mapping applies (`_batches_records`), from the stacked arrays without copying them
+        row by row. None when ``record`` does not map onto tensor fields."""
+        names = cls._record_names(record)
+        return None if names is None else cls.from_arrays({names[k]: v for k, v in record.items()}, batched=True)
+
+    @classmethod
     def _stack_records(cls, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray] | None:
         """{tensor field: (n, ...) stacked array} when every record maps to the same tensor fields
         with arrays of one shape and dtype (the default ``from_record`` mapping); else None."""
         first = records[0]
-        tensors = cls.tensor_fields()
-        if set(first) == {"data"} and tensors and "data" not in {f.name for f in cls._fields()}:
-            names = {"data": tensors[0]}
-        elif set(first) <= set(tensors):
-            names = {k: k for k in first}
-        else:
+        names = cls._record_names(first)
+        if names is None:
             return None
         keys = first.keys()
         signature = [(v.shape, v.dtype) if isinstance(v, np.ndarray) else None for v in first.values()]

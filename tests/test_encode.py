@@ -430,6 +430,27 @@ def test_hostile_manifests_are_one_line(tmp_path, capsys, text, words):
         Manifest.load(tmp_path / "manifest\0.json")
 
 
+def test_encode_with_dataloader_workers_writes_the_same_folder(xrays, tmp_path):
+    """``workers 2`` (chunks read in DataLoader worker processes, records sent back as read) writes
+    the same shards, sidecars and skipped samples as reading in the main process."""
+    from mmtok.encode import encode_manifest
+
+    root, _, write_manifest = xrays
+    np.save(root / "data" / "wide.npy", np.zeros((1, 28, 30), np.float32))  # the codec refuses it
+    write_manifest("manifest.json", [*XRAY_GOOD[:3], "wide", "missing", *XRAY_GOOD[3:]])
+
+    def run(workers):
+        out = tmp_path / f"w{workers}"
+        summary = encode_manifest(root / "manifest.json", out, registry_path=root / "registry.yaml", progress=False,
+                                  shard_size=3, streams=["tok_xray"], workers=workers, on_error="skip")
+        return summary, {p.relative_to(out): p.read_bytes() for p in (out / "shards").iterdir()}
+
+    alone, files = run(0)
+    assert alone.samples == 6 and [s["id"] for s in alone.skipped] == ["wide", "missing"]
+    with_workers, files_workers = run(2)
+    assert files_workers == files and with_workers.skipped == alone.skipped
+
+
 def test_shards_written_in_line_or_on_the_writer_thread_are_identical_and_a_failed_write_is_raised(
         xrays, tmp_path, monkeypatch):
     """The shard writer serialises on its thread only where a core is spare (else in line, the thread

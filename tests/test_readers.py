@@ -211,9 +211,10 @@ def test_encode_chunk_reads_what_one_sample_at_a_time_reads(tmp_path):
                              {"image", "scalars"}, manager)
 
     alone = [reader()[i] for i in range(len(samples))]
-    together = reader().chunk(0, len(samples))
+    chunked = reader()
+    together = chunked.chunk(0, len(samples))
     assert [t[:3] for t in together] == [a[:3] for a in alone]
-    for (_, _, sid, records, problems), (_, _, _, want_records, want_problems) in zip(together, alone):
+    for (_, _, sid, records, problems, _), (_, _, _, want_records, want_problems, _) in zip(together, alone):
         assert problems == want_problems, sid
         assert records.keys() == want_records.keys(), sid
         for key, record in records.items():
@@ -226,3 +227,36 @@ def test_encode_chunk_reads_what_one_sample_at_a_time_reads(tmp_path):
     reasons = {t[2]: t[4][0][1] for t in together if t[4]}
     assert set(reasons) == {"missing", "escape", "pipe"}
     assert "FIFO" in reasons["pipe"] and "escapes" in reasons["escape"] and "not found" in reasons["missing"]
+
+    # consecutive rows of the block make their batch without a copy: what from_records gives
+    from mmtok.encode import _Builder, _Pending
+    from mmtok.modalities import Image
+
+    members = [(pos, _Pending(t[2], sample, t[3], None, t[4], t[5]))
+               for pos, (sample, t) in enumerate(zip(chunked.manifest.samples, together)) if t[2] in ("s0", "s1", "s2")]
+    batch, bad = _Builder(chunked.manifest, manager).batch("image", members)
+    want = Image.from_records([p.records["image"] for _, p in members])
+    assert bad == {} and torch.equal(batch.flux, want.flux) and batch.flux.shape == (3, 1, 4, 4)
+    assert batch.flux.data_ptr() == members[0][1].rows["image"][0].ctypes.data  # the block itself
+
+
+def test_read_npy_rows_reuses_a_buffer_only_once_nothing_refers_to_it(tmp_path):
+    """`read_npy_rows` reads into pooled buffers (already-mapped memory), but never into one that an
+    array, a view or a tensor still uses: the data a caller holds is never overwritten."""
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(4):
+        np.save(tmp_path / f"f{i}.npy", rng.standard_normal((3, 7)))  # a shape no other test uses
+        paths.append(str(tmp_path / f"f{i}.npy"))
+    block1, ok = mmtok.readers.read_npy_rows(paths)
+    assert all(ok)
+    first = block1.ctypes.data
+    held = torch.from_numpy(block1[1:3])  # a tensor on two rows keeps the buffer in use
+    want = held.clone()
+    del block1
+    block2, _ = mmtok.readers.read_npy_rows(paths[::-1])
+    assert block2.ctypes.data != first and torch.equal(held, want)
+    del held
+    block3, _ = mmtok.readers.read_npy_rows(paths)
+    assert block3.ctypes.data == first  # free again: reused
+    assert np.array_equal(block3[0], np.load(paths[0])) and np.array_equal(block2[0], np.load(paths[3]))
