@@ -66,9 +66,8 @@ class EncodeSummary:
 
 
 class _SampleReader(Dataset):
-    """Item i -> (shard, row, sample id, {modality: reader record}, [(key, reason)], block rows):
-    block rows, for a sample whose every modality is a plain ``.npy`` file read by `chunk`, are
-    {modality: (array of the chunk's files, row, record signature)} (its record is that row), else None.
+    """Item i -> its `_Pending` (reader records, problems; for a sample whose every modality is a
+    plain ``.npy`` file read by `chunk`, the block rows its records are).
 
     Only file I/O happens here (in DataLoader workers when there are any); records are plain
     numpy, which crosses process boundaries cheaply, and become modalities in the main process.
@@ -88,7 +87,7 @@ class _SampleReader(Dataset):
     def __getitem__(self, i: int):
         return self._item(self.items[i], {}, 0)
 
-    def chunk(self, start: int, stop: int) -> list[tuple]:
+    def chunk(self, start: int, stop: int) -> list["_Pending"]:
         """Items ``start`` to ``stop - 1``, as ``__getitem__`` gives each; the plain ``.npy`` files
         of each modality among them are read in one pass into one array (`Manifest.npy_rows`)."""
         items = self.items[start:stop]
@@ -114,11 +113,11 @@ class _SampleReader(Dataset):
                     rows[pos, key] = (block, j, signature)
                 else:
                     plain[pos] = False
-        return [(item[0], item[1], item[2].id, {key: {"data": read[pos, key]} for key in item[2].modalities}, [],
-                 {key: rows[pos, key] for key in item[2].modalities})
+        return [_Pending(item[2].id, item[0], item[2], {key: {"data": read[pos, key]} for key in item[2].modalities},
+                         None, [], {key: rows[pos, key] for key in item[2].modalities})
                 if plain[pos] else self._item(item, read, pos) for pos, item in enumerate(items)]
 
-    def _item(self, item: tuple, read: dict, pos: int) -> tuple:
+    def _item(self, item: tuple, read: dict, pos: int) -> "_Pending":
         shard, row, sample = item
         records, problems = {}, []
         manager = self.manager or get_plugin_manager()
@@ -131,7 +130,7 @@ class _SampleReader(Dataset):
                 records[key] = self.manifest.record(sample, key, manager, npy=read.get((pos, key)))
             except SampleError as err:
                 problems.append((err.key or key, err.reason))
-        return shard, row, sample.id, records, problems, None
+        return _Pending(sample.id, shard, sample, records, None, problems)
 
 
 class _Chunks(Dataset):
@@ -143,21 +142,19 @@ class _Chunks(Dataset):
     def __len__(self) -> int:
         return -(-len(self.reader) // self.size)
 
-    def __getitem__(self, j: int) -> list[tuple]:
+    def __getitem__(self, j: int) -> list["_Pending"]:
         return self.reader.chunk(j * self.size, min((j + 1) * self.size, len(self.reader)))
 
 
 def _read_in_order(reader: _SampleReader, workers: int, chunk: int = 64):
-    """Yield reader items in order, read ``chunk`` consecutive items at a time (by DataLoader
-    workers when there are any)."""
+    """Yield the reader's items in order, as lists of ``chunk`` consecutive items (read by
+    DataLoader workers when there are any)."""
     chunks = _Chunks(reader, chunk)
     if workers == 0:
-        for j in range(len(chunks)):
-            yield from chunks[j]
+        yield from (chunks[j] for j in range(len(chunks)))
         return
     # as it comes (the default would convert arrays to tensors and tuples to lists)
-    for batch in DataLoader(chunks, batch_size=None, num_workers=workers, collate_fn=_as_read):
-        yield from batch
+    yield from DataLoader(chunks, batch_size=None, num_workers=workers, collate_fn=_as_read)
 
 
 def _as_read(chunk):
@@ -303,24 +300,25 @@ def _encode_manifest(manifest_path, out, *, registry_path, batch_size, workers, 
     build = _Builder(manifest, manager)
     writer = held.enter_context(_ShardWriter(shard_dir, background=_ShardWriter.spare_core(device)))
     current, pending = None, []
-    for n, ((_, _, sample), (shard, _, sid, records, problems, rows)) in enumerate(
-            zip(items, _read_in_order(reader, workers)), 1):
-        loaded = None
-        if checked and checked & records.keys() and not problems:
-            loaded = build.one(sample, records, problems)
-            if not problems:
-                problems.extend(manifest.check_sample(sid, loaded, manager))
-        if problems and on_error == "fail":
-            key, reason = problems[0]
-            raise EncodeError(str(ManifestProblem(sid, key, reason)))
-        if current is not None and shard != current:
-            _encode_shard(current, pending, codecs, by_modality, writer, batch_size, on_error, build, device)
-            pending = []
-        current = shard
-        pending.append(_Pending(sid, sample, records, loaded, problems, rows))
-        if n % 64 == 0:
-            bar.update(64)
-    bar.update(len(items) % 64)
+    for chunk in _read_in_order(reader, workers):
+        bar.update(len(chunk))
+        if chunk[0].shard == chunk[-1].shard == current and all(
+                not p.problems and checked.isdisjoint(p.records) for p in chunk):
+            pending.extend(chunk)  # the usual case: nothing to check or report one by one
+            continue
+        for p in chunk:
+            if not p.problems and not checked.isdisjoint(p.records):
+                p.loaded = build.one(p.sample, p.records, p.problems)
+                if not p.problems:
+                    p.problems.extend(manifest.check_sample(p.id, p.loaded, manager))
+            if p.problems and on_error == "fail":
+                key, reason = p.problems[0]
+                raise EncodeError(str(ManifestProblem(p.id, key, reason)))
+            if current is not None and p.shard != current:
+                _encode_shard(current, pending, codecs, by_modality, writer, batch_size, on_error, build, device)
+                pending = []
+            current = p.shard
+            pending.append(p)
     if current is not None:
         _encode_shard(current, pending, codecs, by_modality, writer, batch_size, on_error, build, device)
     writer.close()  # every shard of this rank is on disk (or its write failed: raised here)
@@ -397,6 +395,7 @@ class _Pending:
     built one by one (a cross-sample check uses them), and its problems so far."""
 
     id: str
+    shard: int
     sample: SampleEntry
     records: dict
     loaded: dict | None

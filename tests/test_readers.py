@@ -213,8 +213,9 @@ def test_encode_chunk_reads_what_one_sample_at_a_time_reads(tmp_path):
     alone = [reader()[i] for i in range(len(samples))]
     chunked = reader()
     together = chunked.chunk(0, len(samples))
-    assert [t[:3] for t in together] == [a[:3] for a in alone]
-    for (_, _, sid, records, problems, _), (_, _, _, want_records, want_problems, _) in zip(together, alone):
+    assert [(t.id, t.shard, t.sample) for t in together] == [(a.id, a.shard, a.sample) for a in alone]
+    for t, a in zip(together, alone):
+        sid, records, problems, want_records, want_problems = t.id, t.records, t.problems, a.records, a.problems
         assert problems == want_problems, sid
         assert records.keys() == want_records.keys(), sid
         for key, record in records.items():
@@ -222,18 +223,17 @@ def test_encode_chunk_reads_what_one_sample_at_a_time_reads(tmp_path):
             for field, value in record.items():
                 want = want_records[key][field]
                 assert value.dtype == want.dtype and value.dtype.isnative and np.array_equal(value, want), sid
-    rows = [t[3]["image"]["data"] for t in together if t[2] in ("s0", "s4", "s5")]
+    rows = [t.records["image"]["data"] for t in together if t.id in ("s0", "s4", "s5")]
     assert all(r.base is not None and r.base is rows[0].base for r in rows)  # read as one block
-    reasons = {t[2]: t[4][0][1] for t in together if t[4]}
+    reasons = {t.id: t.problems[0][1] for t in together if t.problems}
     assert set(reasons) == {"missing", "escape", "pipe"}
     assert "FIFO" in reasons["pipe"] and "escapes" in reasons["escape"] and "not found" in reasons["missing"]
 
     # consecutive rows of the block make their batch without a copy: what from_records gives
-    from mmtok.encode import _Builder, _Pending
+    from mmtok.encode import _Builder
     from mmtok.modalities import Image
 
-    members = [(pos, _Pending(t[2], sample, t[3], None, t[4], t[5]))
-               for pos, (sample, t) in enumerate(zip(chunked.manifest.samples, together)) if t[2] in ("s0", "s1", "s2")]
+    members = [(pos, t) for pos, t in enumerate(together) if t.id in ("s0", "s1", "s2")]
     batch, bad = _Builder(chunked.manifest, manager).batch("image", members)
     want = Image.from_records([p.records["image"] for _, p in members])
     assert bad == {} and torch.equal(batch.flux, want.flux) and batch.flux.shape == (3, 1, 4, 4)
