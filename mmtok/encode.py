@@ -154,7 +154,10 @@ def _read_in_order(reader: _SampleReader, workers: int, chunk: int = 64):
         yield from (chunks[j] for j in range(len(chunks)))
         return
     # as it comes (the default would convert arrays to tensors and tuples to lists)
-    yield from DataLoader(chunks, batch_size=None, num_workers=workers, collate_fn=_as_read)
+    for j, items in enumerate(DataLoader(chunks, batch_size=None, num_workers=workers, collate_fn=_as_read)):
+        for p, (_, _, sample) in zip(items, reader.items[j * chunk:(j + 1) * chunk]):
+            p.sample = sample
+        yield items
 
 
 def _as_read(chunk):
@@ -401,6 +404,11 @@ class _Pending:
     loaded: dict | None
     problems: list
     rows: dict | None = None  # {modality: (block, row, record signature)}: see `_SampleReader`
+
+    def __reduce__(self):
+        # sent from a DataLoader worker without its manifest entry (pickling pydantic models costs
+        # more than the read): `_read_in_order` puts the main process's entry back
+        return _Pending, (self.id, self.shard, None, self.records, self.loaded, self.problems, self.rows)
 
 
 class _Builder:
