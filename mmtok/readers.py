@@ -66,19 +66,24 @@ def npy_from_fd(fd: int, size: int) -> np.ndarray:
     return data.reshape(shape, order="F" if fortran else "C")
 
 
-#: uint8 buffers `read_npy_rows` reads into, reused once nothing refers to them any more
+#: uint8 buffers `read_npy_rows` reads into, reused once nothing refers to them any more; only
+#: small ones (where a page fault per 4 KiB costs as much as the read) and few of them, so the pool
+#: holds at most 32 MiB: `mmtok encode` keeps one shard's chunks (16 of 64 samples) alive at a time
 _ROW_BUFFERS: list[np.ndarray] = []
+_POOLED_BYTES, _POOLED_BUFFERS = 1 << 20, 32
 
 
 def _rows_buffer(n: int, width: int) -> np.ndarray:
     """An ``(n, width)`` uint8 array: a pooled one that no array, view or tensor refers to any more
-    (its reference count says so), else a new one, pooled. Fresh memory costs a page fault per
-    4 KiB on first touch, ~1 us per small file read; a pooled buffer is already mapped."""
+    (its reference count says so), else a new one, pooled when small. Fresh memory costs a page
+    fault per 4 KiB on first touch, ~1 us per small file read; a pooled buffer is already mapped."""
+    if n * width > _POOLED_BYTES:
+        return np.empty((n, width), dtype=np.uint8)
     for buf in _ROW_BUFFERS:
         if buf.shape == (n, width) and sys.getrefcount(buf) == 3:  # the pool, `buf`, getrefcount's argument
             return buf
     buf = np.empty((n, width), dtype=np.uint8)
-    if len(_ROW_BUFFERS) < 64:
+    if len(_ROW_BUFFERS) < _POOLED_BUFFERS:
         _ROW_BUFFERS.append(buf)
     return buf
 

@@ -437,7 +437,10 @@ def test_encode_with_dataloader_workers_writes_the_same_folder(xrays, tmp_path):
 
     root, _, write_manifest = xrays
     np.save(root / "data" / "wide.npy", np.zeros((1, 28, 30), np.float32))  # the codec refuses it
-    write_manifest("manifest.json", [*XRAY_GOOD[:3], "wide", "missing", *XRAY_GOOD[3:]])
+    nan = np.load(root / "data" / f"{XRAY_GOOD[0]}.npy")
+    nan[0, 3, 4] = np.nan  # fails its batch's check: the batch is then built sample by sample
+    np.save(root / "data" / "nan.npy", nan)
+    write_manifest("manifest.json", [*XRAY_GOOD[:3], "wide", "missing", "nan", *XRAY_GOOD[3:]])
 
     def run(workers):
         out = tmp_path / f"w{workers}"
@@ -446,7 +449,7 @@ def test_encode_with_dataloader_workers_writes_the_same_folder(xrays, tmp_path):
         return summary, {p.relative_to(out): p.read_bytes() for p in (out / "shards").iterdir()}
 
     alone, files = run(0)
-    assert alone.samples == 6 and [s["id"] for s in alone.skipped] == ["wide", "missing"]
+    assert alone.samples == 6 and sorted(s["id"] for s in alone.skipped) == ["missing", "nan", "wide"]
     with_workers, files_workers = run(2)
     assert files_workers == files and with_workers.skipped == alone.skipped
 

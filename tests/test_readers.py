@@ -260,3 +260,9 @@ def test_read_npy_rows_reuses_a_buffer_only_once_nothing_refers_to_it(tmp_path):
     block3, _ = mmtok.readers.read_npy_rows(paths)
     assert block3.ctypes.data == first  # free again: reused
     assert np.array_equal(block3[0], np.load(paths[0])) and np.array_equal(block2[0], np.load(paths[3]))
+    # large buffers are never pooled: the pool stays small whatever the files
+    np.save(tmp_path / "big.npy", np.zeros(mmtok.readers._POOLED_BYTES // 8 + 1))
+    before = list(mmtok.readers._ROW_BUFFERS)
+    big, ok = mmtok.readers.read_npy_rows([str(tmp_path / "big.npy")])
+    assert ok == [True] and big.shape == (1, mmtok.readers._POOLED_BYTES // 8 + 1)
+    assert [id(b) for b in mmtok.readers._ROW_BUFFERS] == [id(b) for b in before] and all(b.nbytes <= mmtok.readers._POOLED_BYTES for b in before)
