@@ -407,8 +407,17 @@ class _Pending:
 
     def __reduce__(self):
         # sent from a DataLoader worker without its manifest entry (pickling pydantic models costs
-        # more than the read): `_read_in_order` puts the main process's entry back
-        return _Pending, (self.id, self.shard, None, self.records, self.loaded, self.problems, self.rows)
+        # more than the read: `_read_in_order` puts the main process's entry back), and a sample
+        # read into a block without its records, which are rows of that block (the block is then
+        # sent once per chunk, not once more row by row)
+        return _unpickled, (self.id, self.shard, None if self.rows else self.records, self.loaded, self.problems,
+                            self.rows)
+
+
+def _unpickled(sid, shard, records, loaded, problems, rows) -> _Pending:
+    if records is None:
+        records = {key: {"data": block[j]} for key, (block, j, _) in rows.items()}
+    return _Pending(sid, shard, None, records, loaded, problems, rows)
 
 
 class _Builder:

@@ -240,9 +240,10 @@ def test_encode_chunk_reads_what_one_sample_at_a_time_reads(tmp_path):
     assert batch.flux.data_ptr() == members[0][1].rows["image"][0].ctypes.data  # the block itself
 
 
-def test_read_npy_rows_reuses_a_buffer_only_once_nothing_refers_to_it(tmp_path):
+def test_read_npy_rows_reuses_a_buffer_only_once_nothing_refers_to_it(tmp_path, monkeypatch):
     """`read_npy_rows` reads into pooled buffers (already-mapped memory), but never into one that an
     array, a view or a tensor still uses: the data a caller holds is never overwritten."""
+    monkeypatch.setattr(mmtok.readers, "_ROW_BUFFERS", [])  # whatever earlier tests left pooled
     rng = np.random.default_rng(2)
     paths = []
     for i in range(4):
